@@ -1,0 +1,13 @@
+"""phased-lstm: the Phased LSTM (Neil, Pfeiffer & Liu, NIPS 2016) for PyTorch.
+
+An LSTM whose neurons update only while a learnable oscillation, the time gate, is open: it reads
+inputs that arrive at any time, and a closed neuron does no work at evaluation.
+"""
+
+from . import functional, ops
+from .functional import time_gate
+from .modules import PhasedLSTM, PhasedLSTMCell
+
+__version__ = "0.1.0"
+
+__all__ = ["PhasedLSTM", "PhasedLSTMCell", "functional", "ops", "time_gate", "__version__"]

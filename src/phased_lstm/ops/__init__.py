@@ -1,0 +1,65 @@
+"""The recurrence op behind every Phased LSTM module, and the registry of its backends.
+
+Modules compute the input projection and the time gate of all steps outside the loop and hand
+the recurrence to :func:`recurrence`; a backend is a function with exactly its signature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor
+
+from .reference import reference_recurrence
+
+RecurrenceFn = Callable[..., tuple[Tensor, Tensor, Tensor]]
+
+# name -> function with the signature of `recurrence` (without `backend`).
+_BACKENDS: dict[str, RecurrenceFn] = {"reference": reference_recurrence}
+
+
+def available_backends() -> list[str]:
+    """Names accepted by ``backend=``: ``"auto"`` and every registered backend."""
+    return ["auto", *_BACKENDS]
+
+
+def check_backend(backend: object) -> str:
+    """Validate a ``backend`` choice and return it."""
+    if not isinstance(backend, str) or backend not in available_backends():
+        raise ValueError(f"backend must be one of {available_backends()}, got {backend!r}")
+    return backend
+
+
+def _resolve(backend: str) -> RecurrenceFn:
+    if backend == "auto":
+        return _BACKENDS["reference"]
+    return _BACKENDS[check_backend(backend)]
+
+
+def recurrence(
+    gates_x: Tensor,
+    k: Tensor,
+    weight_hh: Tensor,
+    weight_ch: Tensor | None,
+    h0: Tensor,
+    c0: Tensor,
+    *,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The time-gated LSTM recurrence of one layer and direction.
+
+    Args:
+        gates_x: ``(L, N, 4H)`` input projections ``x W_ih^T + b_ih + b_hh``, gates (i, f, g, o).
+        k: ``(L, N, H)`` time-gate openness of every step; padded steps carry ``k = 0``.
+        weight_hh: ``(4H, H)`` recurrent weights.
+        weight_ch: ``(3H,)`` peephole weights for (i, f, o) or ``None``.
+        h0, c0: ``(N, H)`` initial states.
+        backend: a name from :func:`available_backends`.
+
+    Returns:
+        ``(h, h_n, c_n)``: the hidden state after every step ``(L, N, H)`` and the final states.
+    """
+    return _resolve(backend)(gates_x, k, weight_hh, weight_ch, h0, c0)
+
+
+__all__ = ["available_backends", "check_backend", "recurrence", "reference_recurrence"]
