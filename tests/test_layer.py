@@ -30,10 +30,11 @@ def grads(module):
 def gate_open(monkeypatch):
     """Force k = 1 everywhere: the Phased LSTM must then be exactly an LSTM."""
 
-    def ones(times, period, shift, r_on, leak=0.0, *, dtype=None):
-        return torch.ones(*times.shape, period.shape[0], dtype=dtype or period.dtype)
+    def ones(times, period, shift, r_on, leak, valid, dtype, *, backend="auto"):
+        k = torch.ones(*times.shape, period.shape[0], dtype=dtype)
+        return k if valid is None else k * valid.unsqueeze(-1)
 
-    monkeypatch.setattr(phased_lstm.modules, "time_gate", ones)
+    monkeypatch.setattr(phased_lstm.modules, "sequence_gate", ones)
 
 
 @pytest.mark.parametrize("num_layers", [1, 2], ids=lambda n: f"L{n}")

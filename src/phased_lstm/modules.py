@@ -24,8 +24,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import _checks
-from .functional import time_gate
 from .ops import check_backend, recurrence
+from .ops.gate import sequence_gate
 
 DEFAULT_PERIOD_RANGE = (math.e, math.e**3)
 _DERIVED = re.compile(r"^(period|r_on)(_l\d+(?:_reverse)?)?$")
@@ -133,12 +133,16 @@ class _GateParameters(nn.Module):
             torch.sigmoid(logit_r_on.to(torch.float64)),
         )
 
-    def _gate(self, suffix: str, times: Tensor, leak: float | None = None) -> Tensor:
-        """k of this layer-direction for ``times`` (any shape), with the mode's leak."""
+    def _gate(
+        self, suffix: str, times: Tensor, valid: Tensor | None = None, leak: float | None = None
+    ) -> Tensor:
+        """k of this layer-direction for ``times`` (L, N), zero where ``valid`` is False."""
         if leak is None:
             leak = self.leak if self.training else 0.0
         period, shift, r_on = self._gate_values(suffix)
-        return time_gate(times, period, shift, r_on, leak, dtype=shift.dtype)
+        return sequence_gate(
+            times, period, shift, r_on, leak, valid, shift.dtype, backend=self.backend
+        )
 
     def _run_direction(
         self, suffix: str, x: Tensor, times: Tensor, mask: Tensor | None, h0: Tensor, c0: Tensor
@@ -148,11 +152,9 @@ class _GateParameters(nn.Module):
         if getattr(self, "bias_ih" + suffix, None) is not None:
             bias = getattr(self, "bias_ih" + suffix) + getattr(self, "bias_hh" + suffix)
         # The input projection and the gate of all steps at once, outside the recurrence.
+        # k = 0 on padded steps: the state is held there exactly, so h_n is the last valid one.
         gates_x = F.linear(x, getattr(self, "weight_ih" + suffix), bias)
-        k = self._gate(suffix, times)
-        if mask is not None:
-            # k = 0 on padded steps: the state is held there exactly, so h_n is the last valid one.
-            k = torch.where(mask.unsqueeze(-1), k, torch.zeros((), dtype=k.dtype))
+        k = self._gate(suffix, times, mask)
         return recurrence(
             gates_x,
             k,
@@ -647,9 +649,7 @@ class PhasedLSTM(_GateParameters):
         total, count = 0.0, 0
         for layer in range(self.num_layers):
             for suffix in self._suffixes(layer):
-                is_open = self._gate(suffix, times, leak=0.0) > 0
-                if mask is not None:
-                    is_open = is_open & mask.unsqueeze(-1)
+                is_open = self._gate(suffix, times, mask, leak=0.0) > 0
                 total += float(is_open.sum()) / (steps * self.hidden_size)
                 count += 1
         return total / count

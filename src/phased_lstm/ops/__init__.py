@@ -2,6 +2,13 @@
 
 Modules compute the input projection and the time gate of all steps outside the loop and hand
 the recurrence to :func:`recurrence`; a backend is a function with exactly its signature.
+
+Backends: ``"reference"`` (a readable autograd loop, any device and dtype, any order of
+gradients), ``"fused"`` (C++ forward and hand-written backward, CPU) and ``"sparse"`` (C++
+inference that skips neurons whose time gate is closed, CPU, no gradients); see
+:mod:`phased_lstm.ops.fused`. ``"auto"`` takes ``"fused"`` when a gradient is needed and
+``"sparse"`` when none is, for CPU float32/float64 inputs once the kernels are built, and the
+reference otherwise; the compiled backends agree with the reference to float rounding.
 """
 
 from __future__ import annotations
@@ -10,12 +17,18 @@ from collections.abc import Callable
 
 from torch import Tensor
 
+from . import fused
+from .fused import fused_recurrence, sparse_recurrence
 from .reference import reference_recurrence
 
 RecurrenceFn = Callable[..., tuple[Tensor, Tensor, Tensor]]
 
 # name -> function with the signature of `recurrence` (without `backend`).
-_BACKENDS: dict[str, RecurrenceFn] = {"reference": reference_recurrence}
+_BACKENDS: dict[str, RecurrenceFn] = {
+    "reference": reference_recurrence,
+    "fused": fused_recurrence,
+    "sparse": sparse_recurrence,
+}
 
 
 def available_backends() -> list[str]:
@@ -30,10 +43,12 @@ def check_backend(backend: object) -> str:
     return backend
 
 
-def _resolve(backend: str) -> RecurrenceFn:
-    if backend == "auto":
-        return _BACKENDS["reference"]
-    return _BACKENDS[check_backend(backend)]
+def _resolve(backend: str, tensors: tuple[Tensor | None, ...]) -> RecurrenceFn:
+    if backend != "auto":
+        return _BACKENDS[check_backend(backend)]
+    if fused.unsupported(*tensors) is not None or not fused.kernels_available(warn=True):
+        return reference_recurrence
+    return fused_recurrence if fused.needs_grad(*tensors) else sparse_recurrence
 
 
 def recurrence(
@@ -59,7 +74,15 @@ def recurrence(
     Returns:
         ``(h, h_n, c_n)``: the hidden state after every step ``(L, N, H)`` and the final states.
     """
-    return _resolve(backend)(gates_x, k, weight_hh, weight_ch, h0, c0)
+    tensors = (gates_x, k, weight_hh, weight_ch, h0, c0)
+    return _resolve(backend, tensors)(*tensors)
 
 
-__all__ = ["available_backends", "check_backend", "recurrence", "reference_recurrence"]
+__all__ = [
+    "available_backends",
+    "check_backend",
+    "fused_recurrence",
+    "recurrence",
+    "reference_recurrence",
+    "sparse_recurrence",
+]
