@@ -417,3 +417,20 @@ def test_state_dict_round_trip(tmp_path):
     other.load_state_dict(torch.load(path))
     x, times = torch.randn(5, 2, 2), irregular_times(5, 2)
     torch.testing.assert_close(other(x, times)[0], layer(x, times)[0])
+
+
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_inference_in_time_chunks_equals_one_pass(backend):
+    # Without autograd the layer runs long sequences in chunks of steps to bound its memory.
+    torch.manual_seed(0)
+    layer = PhasedLSTM(2, 6, 2, bidirectional=True, r_on=0.2, backend=backend).eval()
+    length = 3 * phased_lstm.modules._EVAL_CHUNK + 17
+    x = torch.randn(length, 3, 2)
+    times = irregular_times(length, 3, scale=4000.0)
+    lengths = torch.tensor([length, length - 300, 40])
+    out, (h, c) = layer(x, times, lengths=lengths)  # parameters need grad: one pass
+    with torch.no_grad():
+        out_chunked, (h_chunked, c_chunked) = layer(x, times, lengths=lengths)
+    torch.testing.assert_close(out_chunked, out.detach())
+    torch.testing.assert_close(h_chunked, h.detach())
+    torch.testing.assert_close(c_chunked, c.detach())

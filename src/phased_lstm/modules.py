@@ -29,6 +29,14 @@ from .ops.gate import sequence_gate
 
 DEFAULT_PERIOD_RANGE = (math.e, math.e**3)
 _DERIVED = re.compile(r"^(period|r_on)(_l\d+(?:_reverse)?)?$")
+# Steps per chunk of a forward pass that needs no gradient (bounds its memory, not its result).
+_EVAL_CHUNK = 256
+
+
+def _needs_no_grad(module: nn.Module, *tensors: Tensor) -> bool:
+    if not torch.is_grad_enabled():
+        return True
+    return not any(t.requires_grad for t in (*tensors, *module.parameters()))
 
 
 class _GateParameters(nn.Module):
@@ -148,6 +156,22 @@ class _GateParameters(nn.Module):
         self, suffix: str, x: Tensor, times: Tensor, mask: Tensor | None, h0: Tensor, c0: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
         """One layer-direction over ``x`` (L, N, H_in) with ``times`` (L, N)."""
+        if _needs_no_grad(self, x, h0, c0) and x.shape[0] > _EVAL_CHUNK:
+            # Without autograd nothing has to outlive a step: run in time chunks with the state
+            # carried, so the (L, N, 4H) input projection and k never exist whole.
+            h_seqs, h, c = [], h0, c0
+            for start in range(0, x.shape[0], _EVAL_CHUNK):
+                part = slice(start, start + _EVAL_CHUNK)
+                h_seq, h, c = self._run_chunk(
+                    suffix, x[part], times[part], None if mask is None else mask[part], h, c
+                )
+                h_seqs.append(h_seq)
+            return torch.cat(h_seqs), h, c
+        return self._run_chunk(suffix, x, times, mask, h0, c0)
+
+    def _run_chunk(
+        self, suffix: str, x: Tensor, times: Tensor, mask: Tensor | None, h0: Tensor, c0: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
         bias = None
         if getattr(self, "bias_ih" + suffix, None) is not None:
             bias = getattr(self, "bias_ih" + suffix) + getattr(self, "bias_hh" + suffix)
