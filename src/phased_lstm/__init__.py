@@ -4,10 +4,18 @@ An LSTM whose neurons update only while a learnable oscillation, the time gate, 
 inputs that arrive at any time, and a closed neuron does no work at evaluation.
 """
 
-from . import functional, ops
+from . import data, functional, ops
 from .functional import time_gate
 from .modules import PhasedLSTM, PhasedLSTMCell
 
 __version__ = "0.1.0"
 
-__all__ = ["PhasedLSTM", "PhasedLSTMCell", "functional", "ops", "time_gate", "__version__"]
+__all__ = [
+    "PhasedLSTM",
+    "PhasedLSTMCell",
+    "data",
+    "functional",
+    "ops",
+    "time_gate",
+    "__version__",
+]

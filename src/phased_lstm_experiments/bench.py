@@ -1,0 +1,448 @@
+"""Speed and memory of PhasedLSTM against torch.nn.LSTM on the CPU: ``phased-lstm bench``.
+
+Also runnable as ``python -m phased_lstm_experiments.bench``. For each configuration both models
+run in this process on the same float32 input, interleaved (one PhasedLSTM repeat, then one
+nn.LSTM repeat, and so on) after warm-up, and the table gives the median of the repeats:
+
+* training configs time one step, forward and backward of ``output.sum()``, models in train
+  mode (PhasedLSTM with its training leak, so every neuron updates at every step);
+* eval configs time one forward under ``torch.no_grad()``, models in eval mode (leak 0: a closed
+  neuron does no work with the sparse backend).
+
+nn.LSTM reads the same input without the timestamps. Columns:
+
+* ``GFLOP/s``: the dense LSTM's floating-point operations for the step (input projection and
+  recurrent products, forward, and for training the backward products of the weights and the
+  state) divided by the time; the same count for both models, so for a sparse forward it is an
+  effective rate, not what the CPU executed;
+* ``matmul ms`` (training configs): the same matrix products as PhasedLSTM's step, called one
+  by one from Python with preallocated outputs (each call adds a few microseconds): a floor for
+  any implementation that does the same products in the same order;
+* ``peak MB``: how far one step raised the resident memory of a fresh subprocess above what it
+  held before the step (Linux: the VmHWM high-water mark, reset just before the step; elsewhere
+  the growth of ru_maxrss). All of torch's CPU allocations are in it, nothing of Python's setup.
+
+The machine's other load shows in the numbers; run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+import phased_lstm
+from phased_lstm import PhasedLSTM
+from phased_lstm.ops import available_backends
+
+PROG = "phased-lstm bench"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One benchmarked shape: a training step or an evaluation forward pass."""
+
+    name: str
+    train: bool
+    batch: int
+    length: int
+    input_size: int
+    hidden_size: int
+    r_on: float = 0.05
+
+    def describe(self) -> str:
+        mode = "train fwd+bwd" if self.train else "eval fwd"
+        return (
+            f"{self.name}: {mode} B={self.batch} T={self.length} "
+            f"I={self.input_size} H={self.hidden_size}"
+        )
+
+    def flops(self) -> float:
+        """Floating-point operations of the dense LSTM for one forward or training step."""
+        per_step = 2 * self.batch * 4 * self.hidden_size
+        forward = per_step * (self.input_size + self.hidden_size) * self.length
+        if not self.train:
+            return float(forward)
+        # Backward: the state's gradient through W_hh, and the gradients of W_hh and W_ih.
+        backward = per_step * (self.hidden_size + self.hidden_size + self.input_size) * self.length
+        return float(forward + backward)
+
+
+CONFIGS: dict[str, BenchConfig] = {
+    c.name: c
+    for c in (
+        BenchConfig("paper-train", True, 32, 1000, 1, 110),
+        BenchConfig("h512-train", True, 32, 500, 64, 512),
+        BenchConfig("stream-eval", False, 1, 2000, 16, 512),
+        BenchConfig("batch-eval", False, 32, 2000, 16, 512),
+        BenchConfig("quick-train", True, 4, 60, 3, 24),
+        BenchConfig("quick-eval", False, 1, 200, 3, 64),
+    )
+}
+DEFAULT_CONFIGS = ("paper-train", "h512-train", "stream-eval", "batch-eval")
+QUICK_CONFIGS = ("quick-train", "quick-eval")
+MODELS = ("plstm", "lstm")
+
+
+def irregular_times(length: int, batch: int, generator: torch.Generator) -> torch.Tensor:
+    """(L, N) float64 timestamps of a Poisson process of rate 1, one per sample."""
+    gaps = torch.empty(length, batch, dtype=torch.float64).exponential_(1.0, generator=generator)
+    return gaps.cumsum(0)
+
+
+class _Case:
+    """Both models and one input of a config, and the step that is timed."""
+
+    def __init__(self, config: BenchConfig, backend: str, seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        self.config = config
+        c = config
+        self.x = torch.randn(c.length, c.batch, c.input_size, generator=gen)
+        self.times = irregular_times(c.length, c.batch, gen)
+        self.models = {
+            "plstm": PhasedLSTM(c.input_size, c.hidden_size, r_on=c.r_on, backend=backend),
+            "lstm": nn.LSTM(c.input_size, c.hidden_size),
+        }
+        for model in self.models.values():
+            model.train(c.train)
+
+    def step(self, model_name: str, x: torch.Tensor | None = None) -> None:
+        x = self.x if x is None else x
+        model = self.models[model_name]
+        args = (x, self.times[: x.shape[0]]) if model_name == "plstm" else (x,)
+        if self.config.train:
+            for p in model.parameters():
+                p.grad = None
+            output, _ = model(*args)
+            output.sum().backward()
+        else:
+            with torch.no_grad():
+                model(*args)
+
+
+def _median_ms(samples: list[float]) -> float:
+    return 1e3 * statistics.median(samples)
+
+
+def _time_interleaved(
+    steps: dict[str, Callable[[], None]], warmup: int, repeats: int
+) -> dict[str, float]:
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            samples[name].append(time.perf_counter() - start)
+    return {name: _median_ms(s) for name, s in samples.items()}
+
+
+def _matmul_step(config: BenchConfig) -> Callable[[], None]:
+    """The matrix products of one PhasedLSTM training step, one by one, nothing else."""
+    c = config
+    four_h = 4 * c.hidden_size
+    x = torch.randn(c.length * c.batch, c.input_size)
+    weight_ih = torch.randn(four_h, c.input_size)
+    weight_hh = torch.randn(four_h, c.hidden_size)
+    bias = torch.randn(four_h)
+    gates = torch.empty(c.length, c.batch, four_h)
+    states = torch.randn(c.length, c.batch, c.hidden_size)
+    grad_gates = torch.randn(c.length, c.batch, four_h)
+    grad_h = torch.empty(c.batch, c.hidden_size)
+    grad_w_hh = torch.empty(four_h, c.hidden_size)
+    grad_w_ih = torch.empty(four_h, c.input_size)
+
+    def run() -> None:
+        torch.addmm(bias, x, weight_ih.t(), out=gates.view(-1, four_h))
+        w_t = weight_hh.t()
+        for t in range(c.length):
+            torch.addmm(gates[t], states[t - 1], w_t, out=gates[t])
+        for t in range(c.length - 1, -1, -1):
+            torch.mm(grad_gates[t], weight_hh, out=grad_h)
+        flat_gates = grad_gates.view(-1, four_h)
+        torch.mm(flat_gates.t(), states.view(-1, c.hidden_size), out=grad_w_hh)
+        torch.mm(flat_gates.t(), x, out=grad_w_ih)
+
+    return run
+
+
+# ------------------------------------------------------------------------------ peak memory
+def _rss_kib() -> tuple[int, int] | None:
+    """(current, peak) resident set size in KiB from /proc, or None off Linux."""
+    try:
+        with open("/proc/self/status") as status:
+            text = status.read()
+    except OSError:
+        return None
+    values = {}
+    for key in ("VmRSS", "VmHWM"):
+        match = re.search(rf"^{key}:\s+(\d+) kB", text, re.MULTILINE)
+        if match is None:
+            return None
+        values[key] = int(match.group(1))
+    return values["VmRSS"], values["VmHWM"]
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")  # resets VmHWM to the current VmRSS
+        return True
+    except OSError:
+        return False
+
+
+def _maxrss_kib() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return usage / 1024 if sys.platform == "darwin" else float(usage)
+
+
+def measure_peak_mib(config: BenchConfig, model: str, backend: str) -> float:
+    """Growth of this process's peak resident memory over one step, in MiB.
+
+    Meant to run in a fresh process (see :func:`peak_mib_in_subprocess`).
+    """
+    case = _Case(config, backend)
+    case.step(model, case.x[:2])  # loads the compiled kernels and warms the allocator up
+    gc.collect()
+    if _reset_peak() and (rss := _rss_kib()) is not None:
+        before = rss[0]
+        case.step(model)
+        after = _rss_kib()[1]
+    else:
+        before = _maxrss_kib()
+        case.step(model)
+        after = _maxrss_kib()
+    return max(0.0, after - before) / 1024
+
+
+def peak_mib_in_subprocess(config: BenchConfig, model: str, backend: str) -> float | None:
+    """:func:`measure_peak_mib` in a fresh interpreter, or None if that fails."""
+    command = [
+        sys.executable,
+        "-m",
+        "phased_lstm_experiments.bench",
+        "--memory-probe",
+        config.name,
+        model,
+        "--backend",
+        backend,
+        "--threads",
+        str(torch.get_num_threads()),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        print(f"warning: memory probe {config.name}/{model} failed: {result.stderr.strip()}")
+        return None
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------- the table
+@dataclass(frozen=True)
+class BenchRow:
+    config: BenchConfig
+    plstm_ms: float
+    lstm_ms: float
+    matmul_ms: float | None
+    plstm_peak_mib: float | None
+    lstm_peak_mib: float | None
+
+    @property
+    def ratio(self) -> float:
+        return self.plstm_ms / self.lstm_ms
+
+    def gflops(self, ms: float) -> float:
+        return self.config.flops() / (ms * 1e-3) / 1e9
+
+
+def run_config(
+    config: BenchConfig, *, backend: str, warmup: int, repeats: int, memory: bool
+) -> BenchRow:
+    case = _Case(config, backend)
+    steps = {name: (lambda name=name: case.step(name)) for name in MODELS}
+    if config.train:
+        steps["matmul"] = _matmul_step(config)
+    times = _time_interleaved(steps, warmup, repeats)
+    peaks = {name: None for name in MODELS}
+    if memory:
+        peaks = {name: peak_mib_in_subprocess(config, name, backend) for name in MODELS}
+    return BenchRow(
+        config,
+        times["plstm"],
+        times["lstm"],
+        times.get("matmul"),
+        peaks["plstm"],
+        peaks["lstm"],
+    )
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _resolved_backends(backend: str) -> str:
+    if backend != "auto":
+        return backend
+    from phased_lstm.ops import fused
+
+    error = fused.build_error()
+    if error is not None:
+        return f"auto -> reference (C++ kernels unavailable: {error})"
+    return "auto -> fused (train), sparse (eval)"
+
+
+def format_table(rows: list[BenchRow]) -> str:
+    def num(value: float | None, fmt: str = ".1f") -> str:
+        return "-" if value is None else format(value, fmt)
+
+    header = (
+        "| config | PhasedLSTM ms | nn.LSTM ms | ratio | PhasedLSTM GFLOP/s | nn.LSTM GFLOP/s "
+        "| matmul ms | PhasedLSTM / matmul | PhasedLSTM peak MB | nn.LSTM peak MB |"
+    )
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for row in rows:
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    row.config.describe(),
+                    num(row.plstm_ms),
+                    num(row.lstm_ms),
+                    num(row.ratio, ".2f"),
+                    num(row.gflops(row.plstm_ms)),
+                    num(row.gflops(row.lstm_ms)),
+                    num(row.matmul_ms),
+                    num(None if row.matmul_ms is None else row.plstm_ms / row.matmul_ms, ".2f"),
+                    num(row.plstm_peak_mib),
+                    num(row.lstm_peak_mib),
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The benchmark's options, for its own parser or a subcommand's."""
+    parser.add_argument(
+        "--configs",
+        default=None,
+        help=f"comma-separated configs to run, from {', '.join(CONFIGS)} "
+        f"(default: {','.join(DEFAULT_CONFIGS)})",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"tiny smoke configs ({', '.join(QUICK_CONFIGS)}) with few repeats",
+    )
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=available_backends(),
+        help="PhasedLSTM's recurrence backend (default: auto)",
+    )
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 7)")
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up repeats (default 2)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's own choice)"
+    )
+    parser.add_argument(
+        "--no-memory", action="store_true", help="skip the peak-memory subprocesses"
+    )
+    parser.add_argument(
+        "--memory-probe", nargs=2, metavar=("CONFIG", "MODEL"), help=argparse.SUPPRESS
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Time PhasedLSTM against torch.nn.LSTM on the CPU and print a table.",
+    )
+    add_arguments(parser)
+    return parser
+
+
+def _config_names(text: str | None, quick: bool, parser: argparse.ArgumentParser) -> list[str]:
+    if text is None:
+        return list(QUICK_CONFIGS if quick else DEFAULT_CONFIGS)
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in CONFIGS]
+    if unknown or not names:
+        parser.error(
+            f"unknown config {', '.join(unknown) or text!r}; choose from {', '.join(CONFIGS)}"
+        )
+    return names
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run the benchmark described by parsed ``args`` and print its table."""
+    for option in ("repeats", "warmup", "threads"):
+        value = getattr(args, option)
+        if value is not None and value < (0 if option == "warmup" else 1):
+            parser.error(f"--{option} must be a positive integer, got {value}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.memory_probe is not None:
+        name, model = args.memory_probe
+        if name not in CONFIGS or model not in MODELS:
+            parser.error(f"--memory-probe takes a config and one of {MODELS}")
+        print(f"{measure_peak_mib(CONFIGS[name], model, args.backend):.3f}")
+        return 0
+    names = _config_names(args.configs, args.quick, parser)
+    repeats = args.repeats if args.repeats is not None else (3 if args.quick else 7)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    print(
+        f"phased-lstm {phased_lstm.__version__} benchmark, "
+        f"{datetime.datetime.now().astimezone().isoformat(timespec='seconds')}\n"
+        f"CPU: {_cpu_name()} ({os.cpu_count()} logical cores), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, float32\n"
+        f"PhasedLSTM backend: {_resolved_backends(args.backend)}; "
+        f"median of {repeats} interleaved repeats after {warmup} warm-up\n"
+    )
+    rows = []
+    for name in names:
+        rows.append(
+            run_config(
+                CONFIGS[name],
+                backend=args.backend,
+                warmup=warmup,
+                repeats=repeats,
+                memory=not args.no_memory,
+            )
+        )
+    print(format_table(rows))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return run(args, parser)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,370 @@
+"""The networks compared in the paper's experiments, and the registry that builds them by name.
+
+Every model is an encoder that reads a padded batch ``(values, times, lengths)`` laid out as
+:mod:`phased_lstm.data` returns it and yields the hidden state at each sample's last valid step,
+followed by the paper's read-out. The LSTM-family encoders start from the authors' Lasagne
+initialisation: weights and peepholes ~ N(0, 0.1), biases 0 except the input gate's -0.1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from phased_lstm import PhasedLSTM
+from phased_lstm.ops import recurrence
+
+MODEL_NAMES = ("plstm", "lstm", "bnlstm-input", "bnlstm", "cfc")
+
+_INIT_STD = 0.1
+_INPUT_GATE_BIAS = -0.1
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a task asks of a model: its input, its read-out and its time-gate initialisation.
+
+    Attributes:
+        input_size: channels of ``values``.
+        num_outputs: classes (cross-entropy) or 1 (regression).
+        classify: a classification task: the read-out is dense + leaky ReLU, as the authors'.
+        hidden_size: units of the recurrent layer.
+        period_range: Phased LSTM period initialisation, log-uniform in it.
+        shift_range: Phased LSTM shift initialisation, ``None`` for U(0, period).
+        learn_r_on: train the open ratio too, as the authors' code did (all three time-gate
+            parameters learnable); r_on starts at 0.05 either way.
+        time_as_input: the baselines read the timestamp as an extra input channel.
+        max_steps: longest sequence of the task (per-step statistics of the recurrent BN-LSTM).
+    """
+
+    input_size: int
+    num_outputs: int
+    classify: bool
+    hidden_size: int = 110
+    period_range: tuple[float, float] = (math.e, math.e**3)
+    shift_range: tuple[float, float] | None = None
+    learn_r_on: bool = True
+    time_as_input: bool = True
+    max_steps: int = 1250
+
+
+class SequenceModel(nn.Module):
+    """An encoder followed by the paper's dense read-out on the last valid step."""
+
+    def __init__(self, encoder: nn.Module, hidden_size: int, num_outputs: int, classify: bool):
+        super().__init__()
+        self.encoder = encoder
+        self.readout = nn.Linear(hidden_size, num_outputs)
+        self.classify = classify
+
+    def forward(self, values: Tensor, times: Tensor, lengths: Tensor) -> Tensor:
+        out = self.readout(self.encoder(values, times, lengths))
+        # The authors' classifier is a dense layer with a leaky ReLU before the softmax; the
+        # regression target of the adding task can be negative, so its read-out stays linear.
+        return F.leaky_relu(out) if self.classify else out.squeeze(-1)
+
+
+class PhasedLSTMEncoder(nn.Module):
+    """The Phased LSTM reads the values; the timestamps drive its time gate only."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.rnn = PhasedLSTM(
+            spec.input_size,
+            spec.hidden_size,
+            batch_first=True,
+            peepholes=True,
+            r_on=0.05,
+            period_range=spec.period_range,
+            shift_range=spec.shift_range,
+            learn_r_on=spec.learn_r_on,
+        )
+        authors_init(self.rnn, suffix="_l0")
+
+    def forward(self, values: Tensor, times: Tensor, lengths: Tensor) -> Tensor:
+        _, (h_n, _) = self.rnn(values, times, lengths=lengths)
+        return h_n[-1]
+
+
+class PeepholeLSTM(nn.Module):
+    """One LSTM layer with diagonal peepholes, as Lasagne's LSTMLayer that the authors ran.
+
+    It is the Phased LSTM recurrence with the time gate open (``k = 1``) at every valid step and
+    shut (``k = 0``) on padding, so the state at the last valid step is carried to the end.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
+        self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size))
+        self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size))
+        self.weight_ch = nn.Parameter(torch.empty(3 * hidden_size))
+        authors_init(self)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """``x`` (N, L, H_in), ``lengths`` (N,) -> state at the last valid step (N, H)."""
+        x = x.transpose(0, 1)
+        gates_x = F.linear(x, self.weight_ih, self.bias_ih + self.bias_hh)
+        k = step_mask(lengths, x.shape[0]).to(x.dtype).unsqueeze(-1)
+        k = k.expand(-1, -1, self.hidden_size)
+        h0 = x.new_zeros(x.shape[1], self.hidden_size)
+        _, h_n, _ = recurrence(gates_x, k, self.weight_hh, self.weight_ch, h0, h0)
+        return h_n
+
+
+class MaskedBatchNorm(nn.Module):
+    """Batch normalisation of ``(N, L, C)`` over batch and time, padded steps excluded.
+
+    This is the authors' "BN-LSTM" input normalisation (Lasagne's BatchNormLayer over axes
+    (0, 1)), except that their left padding entered the statistics and here it does not.
+    """
+
+    def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-4):
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        mask = step_mask(lengths, x.shape[1]).t()  # (N, L)
+        if self.training:
+            valid = x[mask]
+            mean, var = valid.mean(0), valid.var(0, unbiased=False)
+            with torch.no_grad():
+                count = valid.shape[0]
+                unbiased = var * count / max(count - 1, 1)
+                self.running_mean.lerp_(mean, self.momentum)
+                self.running_var.lerp_(unbiased, self.momentum)
+        else:
+            mean, var = self.running_mean, self.running_var
+        out = (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+        return out * mask.unsqueeze(-1)
+
+
+class LSTMEncoder(nn.Module):
+    """The authors' baselines: the peephole LSTM reading ``[value, time]``, optionally with
+    its input batch-normalised over batch and time (their "BN-LSTM")."""
+
+    def __init__(self, spec: ModelSpec, input_norm: bool):
+        super().__init__()
+        features = spec.input_size + int(spec.time_as_input)
+        self.time_as_input = spec.time_as_input
+        self.input_norm = MaskedBatchNorm(features) if input_norm else None
+        self.rnn = PeepholeLSTM(features, spec.hidden_size)
+
+    def forward(self, values: Tensor, times: Tensor, lengths: Tensor) -> Tensor:
+        x = baseline_input(values, times, self.time_as_input)
+        if self.input_norm is not None:
+            x = self.input_norm(x, lengths)
+        return self.rnn(x, lengths)
+
+
+class StepwiseBatchNorm(nn.Module):
+    """Batch normalisation with separate statistics for every time step (Cooijmans et al. 2016).
+
+    Statistics are taken over the samples still valid at a step. Running statistics are kept
+    for steps ``0 .. max_steps - 1``; a step at evaluation that training never reached (or past
+    ``max_steps``) uses the statistics of the last step that training did reach. A training
+    step with fewer than two valid samples, whose batch variance says nothing, uses the same
+    statistics as evaluation would.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        max_steps: int,
+        *,
+        gamma: float = 0.1,
+        shift: bool = True,
+        momentum: float = 0.1,
+        eps: float = 1e-5,
+    ):
+        super().__init__()
+        self.max_steps, self.momentum, self.eps = max_steps, momentum, eps
+        self.weight = nn.Parameter(torch.full((num_features,), gamma))
+        self.bias = nn.Parameter(torch.zeros(num_features)) if shift else None
+        self.register_buffer("running_mean", torch.zeros(max_steps, num_features))
+        self.register_buffer("running_var", torch.ones(max_steps, num_features))
+        self.register_buffer("steps_seen", torch.zeros(max_steps, dtype=torch.long))
+
+    def forward(self, x: Tensor, mask: Tensor, first_step: int = 0) -> Tensor:
+        """Normalise ``x`` (S, N, F) of steps ``first_step .. first_step + S - 1``.
+
+        ``mask`` (S, N) marks the valid samples; padded entries come out as given by the
+        statistics but never enter them.
+        """
+        steps = x.shape[0]
+        if self.training:
+            weight = mask.to(x.dtype).unsqueeze(-1)
+            count = weight.sum(1)  # (S, 1)
+            batch_mean = (x * weight).sum(1) / count.clamp(min=1)
+            batch_var = ((x - batch_mean.unsqueeze(1)) ** 2 * weight).sum(1) / count.clamp(min=1)
+            self._update(first_step, batch_mean, batch_var, count)
+            fallback_mean, fallback_var = self._eval_stats(first_step, steps)
+            usable = count >= 2
+            mean = torch.where(usable, batch_mean, fallback_mean)
+            var = torch.where(usable, batch_var, fallback_var)
+        else:
+            mean, var = self._eval_stats(first_step, steps)
+        out = (x - mean.unsqueeze(1)) * torch.rsqrt(var.unsqueeze(1) + self.eps) * self.weight
+        return out if self.bias is None else out + self.bias
+
+    def _eval_stats(self, first_step: int, steps: int) -> tuple[Tensor, Tensor]:
+        seen = int(self.steps_seen.gt(0).sum())
+        # Steps are reached in order (every sequence starts at step 0), so the seen ones are a
+        # prefix; later steps reuse the statistics of the last one.
+        last = max(seen, 1) - 1
+        index = torch.arange(first_step, first_step + steps, device=self.steps_seen.device)
+        index = index.clamp(max=last)
+        return self.running_mean[index], self.running_var[index]
+
+    @torch.no_grad()
+    def _update(self, first_step: int, mean: Tensor, var: Tensor, count: Tensor) -> None:
+        stop = min(first_step + mean.shape[0], self.max_steps)
+        if stop <= first_step:
+            return
+        rows = slice(first_step, stop)
+        n = count[: stop - first_step]
+        usable = n >= 2
+        unbiased = var[: stop - first_step] * n / (n - 1).clamp(min=1)
+        new_mean = self.running_mean[rows].lerp(mean[: stop - first_step], self.momentum)
+        new_var = self.running_var[rows].lerp(unbiased, self.momentum)
+        self.running_mean[rows] = torch.where(usable, new_mean, self.running_mean[rows])
+        self.running_var[rows] = torch.where(usable, new_var, self.running_var[rows])
+        self.steps_seen[rows] += usable.squeeze(-1).long()
+
+
+class RecurrentBNLSTM(nn.Module):
+    r"""The recurrent batch-normalised LSTM of Cooijmans et al. (2016), one layer.
+
+    .. math::
+        (i, f, g, o) = BN(W_h h_{t-1}; \gamma_h) + BN(W_x x_t; \gamma_x) + b \\
+        c_t = \sigma(f) c_{t-1} + \sigma(i) \tanh(g), \qquad
+        h_t = \sigma(o) \tanh(BN(c_t; \gamma_c, \beta_c))
+
+    with per-time-step statistics (:class:`StepwiseBatchNorm`) and every gamma initialised to
+    0.1. As in that paper it has no peepholes. Padded steps keep the state and stay out of the
+    statistics, so in eval mode a sample's result does not depend on its batch.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, max_steps: int):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
+        self.bias = nn.Parameter(torch.empty(4 * hidden_size))
+        self.norm_x = StepwiseBatchNorm(4 * hidden_size, max_steps, shift=False)
+        self.norm_h = StepwiseBatchNorm(4 * hidden_size, max_steps, shift=False)
+        self.norm_c = StepwiseBatchNorm(hidden_size, max_steps)
+        with torch.no_grad():
+            self.weight_ih.normal_(0.0, _INIT_STD)
+            self.weight_hh.normal_(0.0, _INIT_STD)
+            self.bias.zero_()
+            self.bias[:hidden_size] = _INPUT_GATE_BIAS
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """``x`` (N, L, H_in), ``lengths`` (N,) -> state at the last valid step (N, H)."""
+        x = x.transpose(0, 1)
+        mask = step_mask(lengths, x.shape[0])
+        gates_x = self.norm_x(F.linear(x, self.weight_ih), mask) + self.bias
+        h = c = x.new_zeros(x.shape[1], self.hidden_size)
+        for step in range(x.shape[0]):
+            valid = mask[step : step + 1]
+            gates_h = self.norm_h(F.linear(h, self.weight_hh).unsqueeze(0), valid, step)[0]
+            i, f, g, o = (gates_x[step] + gates_h).chunk(4, dim=-1)
+            c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            c_norm = self.norm_c(c_new.unsqueeze(0), valid, step)[0]
+            h_new = torch.sigmoid(o) * torch.tanh(c_norm)
+            keep = valid[0].unsqueeze(-1)
+            h, c = torch.where(keep, h_new, h), torch.where(keep, c_new, c)
+        return h
+
+
+class RecurrentBNLSTMEncoder(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.time_as_input = spec.time_as_input
+        features = spec.input_size + int(spec.time_as_input)
+        self.rnn = RecurrentBNLSTM(features, spec.hidden_size, spec.max_steps)
+
+    def forward(self, values: Tensor, times: Tensor, lengths: Tensor) -> Tensor:
+        return self.rnn(baseline_input(values, times, self.time_as_input), lengths)
+
+
+class CfCEncoder(nn.Module):
+    """CfC (Hasani et al. 2022) from the ``ncps`` package, fed the values and the time gaps.
+
+    ncps 1.0.1's sequence module squeezes per-sample gaps ``(N, L)`` into a shape that does not
+    broadcast against the state, so its cell is driven here in a loop, one ``(N, 1)`` gap per
+    step. The gap of the first step is its own timestamp (the time since 0).
+    """
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        try:
+            from ncps.torch import CfCCell
+        except ImportError:
+            raise SystemExit(
+                "the cfc model needs the ncps package: pip install phased-lstm[cfc]"
+            ) from None
+        self.hidden_size = spec.hidden_size
+        self.cell = CfCCell(spec.input_size, spec.hidden_size)
+
+    def forward(self, values: Tensor, times: Tensor, lengths: Tensor) -> Tensor:
+        gaps = torch.diff(times, dim=1, prepend=torch.zeros_like(times[:, :1]))
+        gaps = gaps.to(values.dtype)
+        mask = step_mask(lengths, values.shape[1])
+        h = values.new_zeros(values.shape[0], self.hidden_size)
+        for step in range(values.shape[1]):
+            h_new, _ = self.cell(values[:, step], h, gaps[:, step : step + 1])
+            h = torch.where(mask[step].unsqueeze(-1), h_new, h)
+        return h
+
+
+def step_mask(lengths: Tensor, steps: int) -> Tensor:
+    """(L, N) bool, True where step < length."""
+    return torch.arange(steps, device=lengths.device).unsqueeze(1) < lengths
+
+
+def baseline_input(values: Tensor, times: Tensor, time_as_input: bool) -> Tensor:
+    """``[value, time]`` per step, as the authors fed their LSTM baselines."""
+    if not time_as_input:
+        return values
+    return torch.cat([values, times.to(values.dtype).unsqueeze(-1)], dim=-1)
+
+
+def authors_init(module: nn.Module, suffix: str = "") -> None:
+    """Lasagne's defaults as the authors used them: N(0, 0.1) weights and peepholes, zero
+    biases but the input gate's -0.1 (one bias vector: ``bias_hh`` is zeroed)."""
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "weight_ch"):
+            getattr(module, name + suffix).normal_(0.0, _INIT_STD)
+        bias_ih, bias_hh = getattr(module, "bias_ih" + suffix), getattr(module, "bias_hh" + suffix)
+        bias_ih.zero_()
+        bias_hh.zero_()
+        bias_ih[: bias_ih.shape[0] // 4] = _INPUT_GATE_BIAS
+
+
+_ENCODERS: dict[str, Callable[[ModelSpec], nn.Module]] = {
+    "plstm": PhasedLSTMEncoder,
+    "lstm": lambda spec: LSTMEncoder(spec, input_norm=False),
+    "bnlstm-input": lambda spec: LSTMEncoder(spec, input_norm=True),
+    "bnlstm": RecurrentBNLSTMEncoder,
+    "cfc": CfCEncoder,
+}
+
+
+def build_model(name: str, spec: ModelSpec) -> SequenceModel:
+    """The model called ``name`` (one of :data:`MODEL_NAMES`) for a task described by ``spec``."""
+    if name not in _ENCODERS:
+        raise ValueError(f"model must be one of {', '.join(MODEL_NAMES)}, got {name!r}")
+    return SequenceModel(_ENCODERS[name](spec), spec.hidden_size, spec.num_outputs, spec.classify)

@@ -1,0 +1,387 @@
+"""The experiment package: baselines, batch norms, the CLI end to end, resume, DDP, errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("lightning")
+
+from phased_lstm.data import frequency_task  # noqa: E402
+from phased_lstm_experiments.cli import main  # noqa: E402
+from phased_lstm_experiments.models import (  # noqa: E402
+    MaskedBatchNorm,
+    ModelSpec,
+    RecurrentBNLSTM,
+    StepwiseBatchNorm,
+    build_model,
+    step_mask,
+)
+
+SPEC = ModelSpec(input_size=1, num_outputs=2, classify=True, hidden_size=12, max_steps=40)
+TINY = ["--epochs", "1", "--samples-per-epoch", "32", "--test-samples", "32"]
+TINY += ["--jobs", "1", "--threads", "1", "--no-progress-bar"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def padded_batch(n=6, steps=30, seed=0):
+    """Random values and times with lengths from 1 to ``steps``, garbage in the padding."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.linspace(1, steps, n).round().long()
+    values = torch.randn(n, steps, 1, generator=generator)
+    times = torch.rand(n, steps, generator=generator, dtype=torch.float64).cumsum(1)
+    return values, times, lengths
+
+
+# Baselines and batch normalisation --------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["plstm", "lstm", "bnlstm-input", "bnlstm"])
+def test_eval_padded_batch_equals_each_sample_alone(name):
+    torch.manual_seed(0)
+    model = build_model(name, SPEC)
+    values, times, lengths = padded_batch()
+    model.train()
+    for _ in range(3):  # running statistics away from their initial values
+        model(values, times, lengths)
+    model.eval()
+    with torch.no_grad():
+        batch = model(values, times, lengths)
+        for i, n in enumerate(lengths.tolist()):
+            alone = model(values[i : i + 1, :n], times[i : i + 1, :n], lengths[i : i + 1])
+            torch.testing.assert_close(batch[i], alone[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["lstm", "bnlstm-input", "bnlstm"])
+def test_padding_content_never_matters_in_training(name):
+    torch.manual_seed(0)
+    model = build_model(name, SPEC)
+    values, times, lengths = padded_batch()
+    mask = step_mask(lengths, values.shape[1]).t()
+    noisy = torch.where(mask.unsqueeze(-1), values, torch.full_like(values, 1e3))
+    noisy_times = torch.where(mask, times, torch.full_like(times, -7.0))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    out = model(values, times, lengths)
+    after = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(state)
+    out_noisy = model(noisy, noisy_times, lengths)
+    torch.testing.assert_close(out, out_noisy)
+    for key, value in model.state_dict().items():  # running statistics too
+        torch.testing.assert_close(value, after[key])
+
+
+def test_masked_batch_norm_uses_valid_steps_only():
+    norm = MaskedBatchNorm(2, momentum=1.0)
+    x = torch.randn(3, 5, 2)
+    lengths = torch.tensor([5, 2, 1])
+    out = norm(x, lengths)
+    valid = torch.cat([x[0, :5], x[1, :2], x[2, :1]])
+    torch.testing.assert_close(norm.running_mean, valid.mean(0))
+    torch.testing.assert_close(norm.running_var, valid.var(0))
+    mask = step_mask(lengths, 5).t()
+    normalised = out[mask]
+    torch.testing.assert_close(normalised.mean(0), torch.zeros(2), atol=1e-5, rtol=0)
+    assert torch.all(out[~mask] == 0)
+
+
+def test_stepwise_batch_norm_statistics_per_step():
+    norm = StepwiseBatchNorm(3, max_steps=4, gamma=1.0, momentum=1.0)
+    x = torch.randn(6, 5, 3)  # (S, N, F)
+    mask = torch.ones(6, 5, dtype=torch.bool)
+    mask[2:, 3:] = False  # two samples end after step 1
+    mask[3:, 1:] = False  # from step 3 on one valid sample: its variance says nothing
+    out = norm(x, mask)
+    for step in range(3):
+        valid = x[step][mask[step]]
+        # Training: normalised with the batch statistics of the step's valid samples.
+        torch.testing.assert_close(out[step][mask[step]].mean(0), torch.zeros(3), atol=1e-5, rtol=0)
+        torch.testing.assert_close(norm.running_mean[step], valid.mean(0))
+        torch.testing.assert_close(norm.running_var[step], valid.var(0))
+    assert norm.steps_seen.tolist() == [1, 1, 1, 0]
+    # Steps with a single valid sample use what evaluation would: the last step seen.
+    expected = (x[4] - norm.running_mean[2]) / torch.sqrt(norm.running_var[2] + norm.eps)
+    torch.testing.assert_close(out[4], expected)
+    # Evaluation: running statistics per step, the last one seen past the cap or the seen steps.
+    norm.eval()
+    out_eval = norm(x, mask)
+    for step in range(6):
+        used = min(step, 2)
+        expected = (x[step] - norm.running_mean[used]) / torch.sqrt(
+            norm.running_var[used] + norm.eps
+        )
+        torch.testing.assert_close(out_eval[step], expected)
+
+
+def test_recurrent_bn_lstm_train_and_eval_statistics_differ():
+    torch.manual_seed(0)
+    rnn = RecurrentBNLSTM(2, 8, max_steps=10)
+    assert torch.allclose(rnn.norm_h.weight, torch.full((32,), 0.1))  # gamma init 0.1
+    x, lengths = torch.randn(5, 10, 2), torch.tensor([10, 8, 6, 4, 2])
+    train_out = rnn(x, lengths)
+    assert rnn.norm_c.steps_seen.tolist() == [1] * 8 + [0] * 2  # steps with >= 2 samples
+    rnn.eval()
+    with torch.no_grad():
+        eval_out = rnn(x, lengths)
+    assert not torch.allclose(train_out, eval_out)
+
+
+def test_cfc_reads_per_sample_time_gaps():
+    pytest.importorskip("ncps")
+    torch.manual_seed(0)
+    model = build_model("cfc", SPEC).eval()
+    values, times, lengths = padded_batch()
+    with torch.no_grad():
+        batch = model(values, times, lengths)
+        shifted = model(values, times * 3, lengths)
+        for i, n in enumerate(lengths.tolist()):
+            alone = model(values[i : i + 1, :n], times[i : i + 1, :n], lengths[i : i + 1])
+            torch.testing.assert_close(batch[i], alone[0], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(batch, shifted)
+
+
+def test_authors_initialisation():
+    model = build_model("plstm", ModelSpec(input_size=1, num_outputs=2, classify=True))
+    rnn = model.encoder.rnn
+    hidden = rnn.hidden_size
+    assert torch.all(rnn.bias_ih_l0[:hidden] == -0.1) and torch.all(rnn.bias_ih_l0[hidden:] == 0)
+    assert torch.all(rnn.bias_hh_l0 == 0)
+    assert abs(float(rnn.weight_hh_l0.detach().std()) - 0.1) < 0.01
+    period = rnn.period_l0.detach()
+    assert float(period.min()) >= torch.e - 1e-4 and float(period.max()) <= torch.e**3 + 1e-3
+    assert torch.allclose(rnn.r_on_l0, torch.full_like(rnn.r_on_l0, 0.05))
+    assert rnn.logit_r_on_l0.requires_grad  # the authors learned r_on too
+
+
+# The command line -------------------------------------------------------------------------
+
+
+def run_cli(*argv):
+    return main(["reproduce", *argv])
+
+
+def read_results(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+def test_cli_end_to_end(tmp_path, capsys):
+    out = tmp_path / "freq"
+    run_cli(
+        "freq", "--condition", "standard,async", "--models", "plstm,lstm", *TINY, "--out", str(out)
+    )
+    results = read_results(out)
+    assert sorted(results["runs"]) == [
+        "lstm-async-seed1",
+        "lstm-standard-seed1",
+        "plstm-async-seed1",
+        "plstm-standard-seed1",
+    ]
+    run = results["runs"]["plstm-async-seed1"]
+    assert run["epochs"] == 1 and 0 <= run["final"]["test_acc"] <= 1
+    assert 0 < run["final"]["update_fraction"] < 0.2
+    config = json.loads((out / "config.json").read_text())
+    assert config["epochs"] == 1 and config["samples_per_epoch"] == 32
+    assert config["condition_samples"] == {}  # the explicit option beat the preset
+    for name in (
+        "results.md",
+        "metrics.csv",
+        "accuracy_bars.png",
+        "learning_curves.png",
+        "sampling_conditions.png",
+    ):
+        assert (out / name).stat().st_size > 0, name
+    markdown = (out / "results.md").read_text()
+    assert "99.2 (99.3)" in markdown and "63.1 (69.0)" in markdown
+    assert "clipped by value at 10" in markdown
+    assert len((out / "metrics.csv").read_text().splitlines()) == 1 + 4
+    assert (out / "runs" / "plstm-async-seed1" / "checkpoints" / "last.ckpt").exists()
+    assert not list(out.rglob("*.tmp"))  # atomic writes leave no temporary file
+
+
+def test_cli_adding_and_freq2(tmp_path):
+    out = tmp_path / "adding"
+    run_cli(
+        "adding", "--condition", "tau0-2,tau6-8", "--models", "plstm,lstm", *TINY, "--out", str(out)
+    )
+    assert sorted(read_results(out)["runs"]) == [
+        "lstm-adding-seed1",
+        "plstm-tau0-2-seed1",
+        "plstm-tau6-8-seed1",
+    ]
+    assert (out / "adding_mse.png").exists()
+    assert "exp(U(6, 8))" in (out / "results.md").read_text()
+    out2 = tmp_path / "freq2"
+    run_cli("freq2", "--models", "plstm", *TINY, "--out", str(out2))
+    assert list(read_results(out2)["runs"]) == ["plstm-async-seed1"]
+
+
+def test_resume_continues_an_interrupted_run(tmp_path):
+    out = tmp_path / "resume"
+    args = ["freq", "--condition", "async", "--models", "plstm,lstm", *TINY, "--out", str(out)]
+    run_cli(*args)
+    first = read_results(out)
+    # An interruption during lstm's second epoch: its last.ckpt holds epoch 1, results.json
+    # does not know it yet.
+    results = read_results(out)
+    del results["runs"]["lstm-async-seed1"]
+    (out / "results.json").write_text(json.dumps(results))
+    run_cli(*args, "--resume", "--epochs", "2")
+    second = read_results(out)
+    for name in ("plstm-async-seed1", "lstm-async-seed1"):
+        history = second["runs"][name]["history"]
+        assert [row["epoch"] for row in history] == [1, 2]
+        # Epoch 1 was not trained again: the continuation starts from the checkpoint.
+        assert history[0] == first["runs"][name]["history"][0]
+        ckpt = torch.load(out / "runs" / name / "checkpoints" / "last.ckpt", weights_only=False)
+        assert ckpt["global_step"] == 2  # one batch per epoch
+    # Everything finished: a further resume trains nothing.
+    run_cli(*args, "--resume", "--epochs", "2")
+    assert read_results(out) == second
+
+
+def test_paper_preset_prints_its_estimate(tmp_path, capsys):
+    run_cli(
+        "freq",
+        "--preset",
+        "paper",
+        "--condition",
+        "standard",
+        "--models",
+        "lstm",
+        "--jobs",
+        "1",
+        "--out",
+        str(tmp_path / "paper"),
+        "--dry-run",
+    )
+    err = capsys.readouterr().err
+    assert "5 runs" in err and "70 epochs of 5000 examples" in err
+    assert "estimated time on this machine" in err
+    assert not (tmp_path / "paper").exists()
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable,
+        "-m",
+        "phased_lstm_experiments.cli",
+        "reproduce",
+        "freq",
+        "--condition",
+        "standard",
+        "--models",
+        "lstm",
+        "--epochs",
+        "1",
+        "--samples-per-epoch",
+        "128",
+        "--test-samples",
+        "64",
+        "--no-progress-bar",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = read_results(out)["runs"]["lstm-standard-seed1"]
+    assert run["epochs"] == 1
+    ckpt = torch.load(
+        out / "runs" / "lstm-standard-seed1" / "checkpoints" / "last.ckpt", weights_only=False
+    )
+    # 128 examples split over 2 processes: 2 batches of 32 each, not 4.
+    assert ckpt["global_step"] == 2
+    assert "strategy ddp" in (out / "results.md").read_text()
+
+
+# Errors a user can make: one line, no traceback ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["freq", "--condition", "fast"], "unknown condition 'fast'; choose from"),
+        (["adding", "--condition", "highres"], "unknown condition 'highres' for adding"),
+        (["freq", "--models", "plstm,gru"], "unknown model 'gru'; choose from plstm, lstm"),
+        (["freq", "--seeds", "a"], "comma-separated non-negative integers"),
+        (["freq", "--epochs", "0"], "expected a positive integer"),
+    ],
+    ids=["condition", "condition-of-other-experiment", "model", "seeds", "epochs"],
+)
+def test_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(*argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_output_folder_errors(tmp_path):
+    out = tmp_path / "shared"
+    run_cli("freq", "--condition", "standard", "--models", "lstm", *TINY, "--out", str(out))
+    cases = [
+        (["adding", "--models", "lstm"], "holds the results of another experiment ('freq'"),
+        (["freq", "--condition", "standard", "--models", "lstm"], "pass --resume to continue"),
+        (
+            [
+                "freq",
+                "--condition",
+                "standard",
+                "--models",
+                "lstm",
+                "--resume",
+                "--batch-size",
+                "16",
+            ],
+            "another protocol (batch_size was 32, now 16)",
+        ),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(*argv, *TINY, "--out", str(out))
+        assert message in str(exit_info.value.code), argv
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="holds no phased-lstm experiment"):
+        run_cli("freq", *TINY, "--out", str(stranger))
+
+
+def test_missing_optional_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ncps", None)  # import ncps raises ImportError
+    with pytest.raises(SystemExit, match=r"pip install phased-lstm\[cfc\]"):
+        run_cli("freq", "--models", "cfc", *TINY, "--out", str(tmp_path / "cfc"))
+
+
+def test_bench_subcommand_is_forwarded(monkeypatch):
+    import types
+
+    calls = []
+    fake = types.ModuleType("phased_lstm_experiments.bench")
+    fake.main = lambda argv: calls.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "phased_lstm_experiments.bench", fake)
+    assert main(["bench", "--repeats", "2"]) == 0
+    assert calls == [["--repeats", "2"]]
+
+
+def test_frequency_task_feeds_the_models():
+    values, times, lengths, labels = frequency_task(4, "async", seed=0)
+    for name in ("plstm", "lstm", "bnlstm-input", "bnlstm"):
+        logits = build_model(name, SPEC)(values, times, lengths)
+        assert logits.shape == (4, 2)
