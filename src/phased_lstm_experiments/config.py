@@ -181,7 +181,7 @@ def preset_config(experiment: str, preset: str) -> ExperimentConfig:
         # Not sized to reach the paper's numbers: the two-frequency task takes the Phased LSTM
         # ~50 epochs of 5000 examples, and the adding task's Phased LSTMs with long periods
         # only start to learn after ~1500 batches (the LSTM later still).
-        "freq2": dict(epochs=10, samples_per_epoch=6400, test_samples=500),
+        "freq2": dict(epochs=10, samples_per_epoch=1920, test_samples=500),
         "adding": dict(epochs=10, samples_per_epoch=8000, test_samples=500),
     }[experiment]
     return ExperimentConfig(

@@ -277,10 +277,12 @@ class RecurrentBNLSTM(nn.Module):
         mask = step_mask(lengths, x.shape[0])
         gates_x = self.norm_x(F.linear(x, self.weight_ih), mask) + self.bias
         h = c = x.new_zeros(x.shape[1], self.hidden_size)
-        for step in range(x.shape[0]):
-            valid = mask[step : step + 1]
+        # unbind, not gates_x[step]: the backward of an index writes a full-size gradient per
+        # step, which makes the loop quadratic in the sequence length.
+        for step, (gates_xt, valid_t) in enumerate(zip(gates_x.unbind(0), mask, strict=True)):
+            valid = valid_t.unsqueeze(0)
             gates_h = self.norm_h(F.linear(h, self.weight_hh).unsqueeze(0), valid, step)[0]
-            i, f, g, o = (gates_x[step] + gates_h).chunk(4, dim=-1)
+            i, f, g, o = (gates_xt + gates_h).chunk(4, dim=-1)
             c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             c_norm = self.norm_c(c_new.unsqueeze(0), valid, step)[0]
             h_new = torch.sigmoid(o) * torch.tanh(c_norm)

@@ -14,6 +14,7 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -311,7 +312,9 @@ def _run_parallel(config, pending, jobs, out, resume, record) -> None:
     order = sorted(pending, key=lambda run: -config.run_cost(run[1]))
     _say(f"running {len(order)} runs in {jobs} processes of {threads} threads", True)
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+    with ProcessPoolExecutor(
+        max_workers=jobs, mp_context=context, initializer=_init_worker
+    ) as pool:
         futures = {
             pool.submit(_train_in_worker, worker_config.to_dict(), *run, str(out), resume): run
             for run in order
@@ -323,6 +326,9 @@ def _run_parallel(config, pending, jobs, out, resume, record) -> None:
                 for future in finished:
                     record(futures[future], future.result())
         except KeyboardInterrupt:
+            # A terminal's Ctrl-C reaches the workers too; a kill of this process alone does not.
+            for child in multiprocessing.active_children():
+                os.kill(child.pid, signal.SIGINT)
             pool.shutdown(wait=True, cancel_futures=True)
             raise ExperimentError(
                 "interrupted; rerun the same command with --resume to continue"
@@ -332,12 +338,37 @@ def _run_parallel(config, pending, jobs, out, resume, record) -> None:
             raise
 
 
+# Worker processes turn SIGINT into KeyboardInterrupt only while they train, where Lightning
+# stops gracefully (the last finished epoch's checkpoint stays); an idle worker just remembers
+# it and refuses the runs still queued, so an interruption ends in one message.
+_interrupted = False
+_training = False
+
+
+def _on_worker_sigint(signum, frame) -> None:
+    global _interrupted
+    _interrupted = True
+    if _training:
+        raise KeyboardInterrupt
+
+
+def _init_worker() -> None:
+    signal.signal(signal.SIGINT, _on_worker_sigint)
+
+
 def _train_in_worker(config: dict, model: str, condition: str, seed: int, out: str, resume: bool):
+    global _training
+    if _interrupted:
+        raise ExperimentError("interrupted")
     quiet_lightning()
     config = ExperimentConfig.from_dict(config)
     torch.set_num_threads(config.threads)
     _say(f"[{run_name(model, condition, seed)}] training for {config.epochs} epochs", True)
-    return train_run(config, model, condition, seed, Path(out), resume)
+    _training = True
+    try:
+        return train_run(config, model, condition, seed, Path(out), resume)
+    finally:
+        _training = False
 
 
 def _say(message: str, writer: bool) -> None:
