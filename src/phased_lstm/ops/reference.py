@@ -27,8 +27,10 @@ def reference_recurrence(
         w_ci, w_cf, w_co = weight_ch.chunk(3)
     h, c = h0, c0
     hs = []
-    for step in range(gates_x.shape[0]):
-        gates = gates_x[step] + h @ w_hh_t
+    # unbind, not gates_x[step]: the backward of an index writes a full-size gradient per step,
+    # which would make the loop quadratic in the sequence length.
+    for gates_xt, kt in zip(gates_x.unbind(0), k.unbind(0), strict=True):
+        gates = gates_xt + h @ w_hh_t
         i, f, g, o = gates.chunk(4, dim=-1)
         if weight_ch is not None:
             # Diagonal peepholes: input and forget gates look at the previous cell state.
@@ -39,7 +41,6 @@ def reference_recurrence(
             # ...while the output gate looks at the new proposal.
             o = o + w_co * c_new
         h_new = torch.sigmoid(o) * torch.tanh(c_new)
-        kt = k[step]
         # Written as in the paper so that k = 0 keeps the state bit for bit and k = 1 is nn.LSTM.
         c = kt * c_new + (1 - kt) * c
         h = kt * h_new + (1 - kt) * h
