@@ -25,18 +25,13 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from . import _checks
 from .ops import check_backend, recurrence
+from .ops.fused import needs_grad
 from .ops.gate import sequence_gate
 
 DEFAULT_PERIOD_RANGE = (math.e, math.e**3)
 _DERIVED = re.compile(r"^(period|r_on)(_l\d+(?:_reverse)?)?$")
 # Steps per chunk of a forward pass that needs no gradient (bounds its memory, not its result).
 _EVAL_CHUNK = 256
-
-
-def _needs_no_grad(module: nn.Module, *tensors: Tensor) -> bool:
-    if not torch.is_grad_enabled():
-        return True
-    return not any(t.requires_grad for t in (*tensors, *module.parameters()))
 
 
 class _GateParameters(nn.Module):
@@ -156,7 +151,7 @@ class _GateParameters(nn.Module):
         self, suffix: str, x: Tensor, times: Tensor, mask: Tensor | None, h0: Tensor, c0: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
         """One layer-direction over ``x`` (L, N, H_in) with ``times`` (L, N)."""
-        if _needs_no_grad(self, x, h0, c0) and x.shape[0] > _EVAL_CHUNK:
+        if x.shape[0] > _EVAL_CHUNK and not needs_grad(x, h0, c0, *self.parameters()):
             # Without autograd nothing has to outlive a step: run in time chunks with the state
             # carried, so the (L, N, 4H) input projection and k never exist whole.
             h_seqs, h, c = [], h0, c0
