@@ -1,8 +1,10 @@
 """The experiment package: baselines, batch norms, the CLI end to end, resume, DDP, errors."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -246,6 +248,43 @@ def test_resume_continues_an_interrupted_run(tmp_path):
     # Everything finished: a further resume trains nothing.
     run_cli(*args, "--resume", "--epochs", "2")
     assert read_results(out) == second
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_sigterm_mid_run_then_resume_continues_from_the_last_epoch(tmp_path, jobs):
+    """A real interruption: SIGTERM while training, then --resume. The run must continue from
+    its last finished epoch (not start again), and nothing is left half-written."""
+    out = tmp_path / "killed"
+    args = ["freq", "--condition", "standard,async", "--models", "lstm", "--epochs", "400"]
+    args += ["--samples-per-epoch", "32", "--test-samples", "32", "--threads", "1"]
+    args += ["--jobs", jobs, "--no-progress-bar", "--out", str(out)]
+    command = [sys.executable, "-m", "phased_lstm_experiments.cli", "reproduce", *args]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    checkpoint = out / "runs" / "lstm-standard-seed1" / "checkpoints" / "last.ckpt"
+    try:
+        deadline = time.monotonic() + 120
+        while not checkpoint.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert checkpoint.exists(), "no checkpoint after the first epoch"
+        time.sleep(1.0)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode not in (0, None)
+    assert "interrupted" in stderr and "--resume" in stderr, stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-2000:]
+    saved = torch.load(checkpoint, weights_only=False)
+    done = len(saved["history"])
+    assert 1 <= done < 400
+    assert saved["global_step"] == done  # one batch per epoch: the checkpoint is whole
+    assert not list(out.rglob("*.partial")) and not list(out.rglob("*.tmp"))
+    # Resume for two more epochs than were done: only those are trained.
+    resume = ["--resume", "--epochs", str(done + 2)]
+    run_cli(*[a for a in args if a not in ("--epochs", "400")], *resume)
+    history = read_results(out)["runs"]["lstm-standard-seed1"]["history"]
+    assert [row["epoch"] for row in history] == list(range(1, done + 3))
+    assert history[:done] == saved["history"]
 
 
 def test_paper_preset_prints_its_estimate(tmp_path, capsys):

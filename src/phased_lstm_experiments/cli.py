@@ -233,7 +233,13 @@ def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     out = args.out or Path("runs") / f"{config.experiment}-{config.preset}"
 
     from .report import write_report
-    from .runner import ExperimentError, is_global_zero, prepare_output, run_experiment
+    from .runner import (
+        ExperimentError,
+        is_global_zero,
+        prepare_output,
+        run_experiment,
+        sigterm_interrupts,
+    )
 
     try:
         if is_global_zero():
@@ -258,9 +264,15 @@ def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 )
         if args.dry_run:
             return 0
-        run_experiment(config, out, resume=args.resume, on_update=write_report)
+        with sigterm_interrupts():
+            run_experiment(config, out, resume=args.resume, on_update=write_report)
     except ExperimentError as error:
         raise SystemExit(f"{PROG}: error: {error}") from None
+    except KeyboardInterrupt:
+        # Stopped between runs: every finished run is in results.json already.
+        raise SystemExit(
+            f"{PROG}: error: interrupted; rerun the same command with --resume to continue"
+        ) from None
     return 0
 
 

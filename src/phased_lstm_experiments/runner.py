@@ -9,6 +9,7 @@ finished in ``results.json`` and continues the others from their ``last.ckpt``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from .config import PROTOCOL_FIELDS, ExperimentConfig, model_spec
@@ -139,6 +140,32 @@ def prepare_output(config: ExperimentConfig, out: Path, resume: bool) -> dict:
         raise ExperimentError(f"{results_path} is unreadable; choose another --out") from None
 
 
+class EpochCheckpoint(Checkpoint):
+    """Save ``path`` after every epoch, atomically, for ``--resume``.
+
+    Lightning's ``ModelCheckpoint(save_last=True, save_top_k=0)`` writes ``last.ckpt`` only when
+    training ends (Lightning 2.6), so an interrupted run started again from epoch 0; and it
+    writes in place, so a kill during the write left a truncated file. This callback is a
+    ``Checkpoint``, which Lightning runs after ``LightningModule.on_train_epoch_end``: the saved
+    state holds the epoch's row of the history.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        partial = self.path.with_name(self.path.name + ".partial")
+        if trainer.is_global_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Every rank calls save_checkpoint (it gathers state); rank zero writes the file.
+        trainer.save_checkpoint(partial)
+        if trainer.is_global_zero:
+            os.replace(partial, self.path)
+        trainer.strategy.barrier("phased_lstm.epoch_checkpoint")
+
+
 def make_trainer(
     config: ExperimentConfig,
     *,
@@ -153,14 +180,7 @@ def make_trainer(
     callbacks = list(callbacks or [])
     loggers: list = []
     if run_dir is not None:
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=run_dir / "checkpoints",
-                save_last=True,
-                save_top_k=0,
-                save_on_train_epoch_end=True,
-            )
-        )
+        callbacks.append(EpochCheckpoint(run_dir / "checkpoints" / "last.ckpt"))
         loggers = [CSVLogger(run_dir, name="lightning", version="")]
         if tensorboard_dir is not None:
             loggers.append(TensorBoardLogger(tensorboard_dir, name=run_dir.name, version=""))
@@ -227,13 +247,23 @@ def train_run(
     trainer = make_trainer(
         config, max_epochs=config.epochs, run_dir=run_dir, tensorboard_dir=out / "tensorboard"
     )
-    trainer.fit(
-        module, datamodule=data, ckpt_path=checkpoint if resume and checkpoint.exists() else None
+    interrupted = ExperimentError(
+        f"interrupted during {name}; rerun the same command with --resume to continue"
     )
-    if trainer.interrupted:
-        raise ExperimentError(
-            f"interrupted during {name}; rerun the same command with --resume to continue"
+    try:
+        trainer.fit(
+            module,
+            datamodule=data,
+            ckpt_path=checkpoint if resume and checkpoint.exists() else None,
         )
+    except SystemExit:
+        # Lightning ends a fit interrupted by KeyboardInterrupt with sys.exit(1), after its
+        # graceful shutdown; the checkpoint of the last finished epoch stays.
+        if trainer.interrupted:
+            raise interrupted from None
+        raise
+    if trainer.interrupted:
+        raise interrupted
     return {
         "model": model,
         "condition": condition,
@@ -354,6 +384,23 @@ def _on_worker_sigint(signum, frame) -> None:
 
 def _init_worker() -> None:
     signal.signal(signal.SIGINT, _on_worker_sigint)
+    signal.signal(signal.SIGTERM, _on_worker_sigint)
+
+
+def _raise_keyboard_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """Within the block, SIGTERM (``kill``, a batch scheduler's time limit) stops a run like
+    Ctrl-C does: at the last finished epoch, ready for ``--resume``. A background job started
+    from a script ignores SIGINT, so SIGTERM is how it is stopped."""
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _train_in_worker(config: dict, model: str, condition: str, seed: int, out: str, resume: bool):
