@@ -287,6 +287,24 @@ def test_sigterm_mid_run_then_resume_continues_from_the_last_epoch(tmp_path, job
     assert history[:done] == saved["history"]
 
 
+def test_resume_with_another_condition_keeps_the_earlier_runs_in_the_report(tmp_path):
+    out = tmp_path / "grow"
+    run_cli("freq", "--condition", "standard", "--models", "lstm", *TINY, "--out", str(out))
+    # The long condition added later, for one model and another seed only.
+    grow = ["--condition", "highres", "--models", "plstm", "--seeds", "2", "--resume"]
+    run_cli("freq", *grow, *TINY, "--out", str(out))
+    assert sorted(read_results(out)["runs"]) == ["lstm-standard-seed1", "plstm-highres-seed2"]
+    rows = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("| ")]
+    lstm_standard = [r for r in rows if r.startswith("| standard (1 ms) | LSTM |")]
+    plstm_highres = [r for r in rows if r.startswith("| high resolution (0.1 ms) | Phased LSTM |")]
+    assert len(lstm_standard) == 1 and "(1 seed)" in lstm_standard[0]
+    assert len(plstm_highres) == 1 and "(1 seed)" in plstm_highres[0]
+    # Pairs never run are shown as such, not as numbers.
+    assert any(r.startswith("| standard (1 ms) | Phased LSTM | not run |") for r in rows)
+    markdown = (out / "results.md").read_text()
+    assert "selection: 1 of 1; runs recorded in this folder: 2" in markdown
+
+
 def test_paper_preset_prints_its_estimate(tmp_path, capsys):
     run_cli(
         "freq",

@@ -7,14 +7,16 @@ always consistent with the runs finished so far.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from .config import ADDING_PERIOD_RANGES, ExperimentConfig
-from .runner import write_atomic
+from .config import ADDING_PERIOD_RANGES, CONDITIONS, ExperimentConfig
+from .models import MODEL_NAMES
+from .runner import run_name, write_atomic
 
 # Paper fig. 3d, test accuracy (%) after 70 epochs, and the authors' later rerun (PAPER.md).
 # The paper's "BN-LSTM" is what the authors' code ran: our bnlstm-input.
@@ -53,10 +55,39 @@ _METRIC_COLUMNS = (
 
 
 def write_report(config: ExperimentConfig, results: dict, out: Path) -> None:
-    """Write ``metrics.csv``, the figures and ``results.md`` from ``results``."""
+    """Write ``metrics.csv``, the figures and ``results.md`` from ``results``.
+
+    The report covers every run recorded in the folder, not only the current command's
+    selection: a ``--resume`` that adds a condition or a model keeps the earlier ones in view.
+    """
+    view = reported_config(config, results)
     write_atomic(out / "metrics.csv", metrics_csv(results))
-    figures = write_figures(config, results, out)
-    write_atomic(out / "results.md", results_markdown(config, results, figures))
+    figures = write_figures(view, results, out)
+    write_atomic(out / "results.md", results_markdown(view, results, figures, selected=config))
+
+
+def reported_config(config: ExperimentConfig, results: dict) -> ExperimentConfig:
+    """``config`` with its models, conditions and seeds widened to the runs in ``results``."""
+    records = list(results["runs"].values())
+    models = {r["model"] for r in records} | set(config.models)
+    conditions = {r["condition"] for r in records} | set(config.conditions)
+    seeds = {r["seed"] for r in records} | set(config.seeds)
+    return dataclasses.replace(
+        config,
+        models=tuple(m for m in MODEL_NAMES if m in models),
+        conditions=tuple(c for c in CONDITIONS[config.experiment] if c in conditions),
+        seeds=tuple(sorted(seeds)),
+    )
+
+
+def _epochs_text(config: ExperimentConfig, results: dict) -> str:
+    """'epoch N' when every recorded run stopped at N, else 'the last epoch'."""
+    ends = {r["final"].get("epoch", r["epochs"]) for r in results["runs"].values()}
+    if not ends or ends == {config.epochs}:
+        return f"epoch {config.epochs}"
+    if len(ends) == 1:
+        return f"epoch {ends.pop()}"
+    return "each run's last epoch"
 
 
 def metrics_csv(results: dict) -> str:
@@ -101,9 +132,16 @@ def _cell(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f} ({len(values)} seeds)"
 
 
-def results_markdown(config: ExperimentConfig, results: dict, figures: list[str]) -> str:
+def results_markdown(
+    config: ExperimentConfig,
+    results: dict,
+    figures: list[str],
+    *,
+    selected: ExperimentConfig | None = None,
+) -> str:
+    """The report; ``config`` is what it covers, ``selected`` the last command's selection."""
     lines = [f"# Phased LSTM reproduction: {_EXPERIMENT_TITLES[config.experiment]}", ""]
-    lines += _protocol_lines(config, results)
+    lines += _protocol_lines(config, results, selected or config)
     if config.experiment == "adding":
         lines += _adding_table(config, results)
     else:
@@ -122,7 +160,9 @@ _EXPERIMENT_TITLES = {
 }
 
 
-def _protocol_lines(config: ExperimentConfig, results: dict) -> list[str]:
+def _protocol_lines(
+    config: ExperimentConfig, results: dict, selected: ExperimentConfig
+) -> list[str]:
     seeds = ", ".join(str(s) for s in config.seeds)
     paper = {
         "freq": "70 epochs of 5000 fresh training examples, 500 test examples, batch 32, "
@@ -140,7 +180,7 @@ def _protocol_lines(config: ExperimentConfig, results: dict) -> list[str]:
     return [
         "## Protocol actually run",
         "",
-        f"- preset `{config.preset}`; models {', '.join(config.models)}; "
+        f"- preset `{config.preset}`; this report covers models {', '.join(config.models)}; "
         f"conditions {', '.join(config.conditions)}; seeds {seeds}",
         f"- {config.epochs} epochs of {_samples_text(config)} fresh training examples, "
         f"{config.test_samples} fixed test examples, batch {config.batch_size}, "
@@ -158,9 +198,17 @@ def _protocol_lines(config: ExperimentConfig, results: dict) -> list[str]:
         f"- Trainer: accelerator {trainer.accelerator}, devices {trainer.devices}, "
         f"nodes {trainer.num_nodes}, strategy {trainer.strategy}",
         f"- the paper's protocol: {paper}",
-        f"- finished runs: {len(results['runs'])} of {len(config.runs())}",
+        f"- finished runs of the last command's selection: {_finished(selected, results)} of "
+        f"{len(selected.runs())}; runs recorded in this folder: {len(results['runs'])}",
         "",
     ]
+
+
+def _finished(config: ExperimentConfig, results: dict) -> int:
+    names = {run_name(*run) for run in config.runs()}
+    return sum(
+        1 for name, r in results["runs"].items() if name in names and r["epochs"] >= config.epochs
+    )
 
 
 def _samples_text(config: ExperimentConfig) -> str:
@@ -174,7 +222,7 @@ def _accuracy_table(config: ExperimentConfig, results: dict) -> list[str]:
     accuracy = final_metric(results, "test_acc")
     updates = final_metric(results, "update_fraction")
     lines = [
-        f"## Test accuracy after epoch {config.epochs} (%), ours vs. the paper",
+        f"## Test accuracy after {_epochs_text(config, results)} (%), ours vs. the paper",
         "",
     ]
     if config.experiment == "freq":
@@ -237,7 +285,7 @@ def _adding_table(config: ExperimentConfig, results: dict) -> list[str]:
     updates = final_metric(results, "update_fraction")
     first_below = _first_epoch_below(results, "train_loss", 0.05)
     lines = [
-        f"## MSE after epoch {config.epochs}",
+        f"## MSE after {_epochs_text(config, results)}",
         "",
         "Paper (memory, fig. 4): longer periods learn faster than short ones and than the LSTM, "
         "with about the same number of updates. Always answering 0 scores the target's variance, "
@@ -388,7 +436,7 @@ def _bar_figure(config: ExperimentConfig, results: dict):
     axis.set_ylabel("test accuracy (%)")
     axis.set_ylim(40, 102)
     axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
-    axis.set_title(f"test accuracy after {config.epochs} epochs", fontsize=9)
+    axis.set_title(f"test accuracy after {_epochs_text(config, results)}", fontsize=9)
     return figure
 
 
