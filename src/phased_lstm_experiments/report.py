@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .config import ADDING_PERIOD_RANGES, CONDITIONS, ExperimentConfig
 from .models import MODEL_NAMES
-from .runner import run_name, write_atomic
+from .runner import pending_runs, write_atomic
 
 # Paper fig. 3d, test accuracy (%) after 70 epochs, and the authors' later rerun (PAPER.md).
 # The paper's "BN-LSTM" is what the authors' code ran: our bnlstm-input.
@@ -81,8 +81,8 @@ def reported_config(config: ExperimentConfig, results: dict) -> ExperimentConfig
 
 
 def _epochs_text(config: ExperimentConfig, results: dict) -> str:
-    """'epoch N' when every recorded run stopped at N, else 'the last epoch'."""
-    ends = {r["final"].get("epoch", r["epochs"]) for r in results["runs"].values()}
+    """'epoch N' when every recorded run stopped at N, else "each run's last epoch"."""
+    ends = {r["epochs"] for r in results["runs"].values()}
     if not ends or ends == {config.epochs}:
         return f"epoch {config.epochs}"
     if len(ends) == 1:
@@ -205,10 +205,7 @@ def _protocol_lines(
 
 
 def _finished(config: ExperimentConfig, results: dict) -> int:
-    names = {run_name(*run) for run in config.runs()}
-    return sum(
-        1 for name, r in results["runs"].items() if name in names and r["epochs"] >= config.epochs
-    )
+    return len(config.runs()) - len(pending_runs(config, results))
 
 
 def _samples_text(config: ExperimentConfig) -> str:

@@ -59,6 +59,16 @@ def run_name(model: str, condition: str, seed: int) -> str:
     return f"{model}-{condition}-seed{seed}"
 
 
+def pending_runs(config: ExperimentConfig, results: dict) -> list[tuple[str, str, int]]:
+    """The runs of ``config`` that ``results`` does not record as trained to ``config.epochs``."""
+    pending = []
+    for run in config.runs():
+        done = results["runs"].get(run_name(*run))
+        if done is None or done["epochs"] < config.epochs:
+            pending.append(run)
+    return pending
+
+
 def is_global_zero() -> bool:
     """Whether this process is the one that writes files, before any Trainer exists.
 
@@ -297,11 +307,7 @@ def run_experiment(
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", config.to_dict())
     started = time.perf_counter()
-    pending = []
-    for model, condition, seed in config.runs():
-        done = results["runs"].get(run_name(model, condition, seed))
-        if done is None or done["epochs"] < config.epochs:
-            pending.append((model, condition, seed))
+    pending = pending_runs(config, results)
 
     def record(run: tuple[str, str, int], result: dict) -> None:
         results["runs"][run_name(*run)] = result
