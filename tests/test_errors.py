@@ -1,5 +1,7 @@
 """Bad input gives a ValueError or TypeError naming the argument, the expectation and the value."""
 
+import math
+
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -194,6 +196,9 @@ def test_packed_times_must_match(layer):
         ({"num_layers": 1.5}, TypeError, r"num_layers must be an int, got float"),
         ({"backend": "cuda"}, ValueError, r"backend must be one of \['auto', 'reference'"),
         ({"peepholes": 1}, TypeError, r"peepholes must be a bool, got int"),
+        ({"grad_clip": 0.0}, ValueError, r"grad_clip must be None or > 0, got 0.0"),
+        ({"grad_clip": "10"}, TypeError, r"grad_clip must be a real number, got str"),
+        ({"grad_clip": math.inf}, ValueError, r"grad_clip must be finite, got inf"),
     ],
     ids=lambda v: "-".join(f"{k}={val}" for k, val in v.items()) if isinstance(v, dict) else "",
 )

@@ -65,7 +65,12 @@ def op_inputs(length, batch, hidden, dtype, *, peepholes, gate, seed=0):
 
 def run_op(backend, inputs, seed=1):
     """Outputs of the op and the gradients of every input for a random linear loss."""
-    h, h_n, c_n = recurrence(*inputs.values(), backend=backend)
+    return run_op_with(backend, inputs, seed=seed)
+
+
+def run_op_with(backend, inputs, seed=1, **options):
+    """:func:`run_op` with keyword options of the op (batch_sizes, grad_clip)."""
+    h, h_n, c_n = recurrence(*inputs.values(), backend=backend, **options)
     gen = torch.Generator().manual_seed(seed)
     weights = [torch.randn(t.shape, generator=gen, dtype=f64).to(t.dtype) for t in (h, h_n, c_n)]
     loss = sum((t * w).sum() for t, w in zip((h, h_n, c_n), weights, strict=True))
@@ -221,6 +226,101 @@ def test_compiled_backends_reject_what_they_cannot_run():
     got = recurrence(*inputs.values(), backend="auto")
     for g, w in zip(got, want, strict=True):
         assert torch.equal(g, w)
+
+
+# ------------------------------------------------------------------- batch_sizes (padding)
+BATCH_SIZES_LENGTHS = [9, 6, 6, 2, 0]
+
+
+def batch_sizes_of(lengths, steps):
+    return (torch.arange(steps).unsqueeze(1) < torch.tensor(lengths)).sum(1)
+
+
+@pytest.mark.parametrize(
+    "backend", ["reference", pytest.param("fused", marks=needs_kernels)], ids=str
+)
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("peepholes", [False, True], ids=["plain", "peep"])
+def test_batch_sizes_equal_each_sample_alone(backend, dtype, peepholes):
+    # The reference is each sample run alone over its own steps, without batch_sizes: its
+    # outputs, and after it the held state; its gradients, and zero for the padding's inputs.
+    lengths = BATCH_SIZES_LENGTHS
+    steps, batch = max(lengths), len(lengths)
+    inputs = op_inputs(steps, batch, 5, dtype, peepholes=peepholes, gate="train", seed=2)
+    # Junk in the padding's k and gates_x must not matter.
+    with torch.no_grad():
+        for n, length in enumerate(lengths):
+            inputs["k"][length:, n] = 0.7
+            inputs["gates_x"][length:, n] = 50.0
+    got = run_op_with(backend, inputs, batch_sizes=batch_sizes_of(lengths, steps))
+    for n, length in enumerate(lengths):
+        alone = {
+            name: None
+            if t is None
+            else t[:length, n : n + 1]
+            if name in ("gates_x", "k")
+            else t[n : n + 1]
+            if name in ("h0", "c0")
+            else t
+            for name, t in inputs.items()
+        }
+        h, h_n, c_n = recurrence(*alone.values(), backend=backend)
+        assert_near(got["h"][:length, n], h[:, 0], dtype, f"h {n}")
+        held = got["h"][length - 1, n] if length else inputs["h0"][n]
+        assert torch.equal(got["h"][length:, n], held.expand(steps - length, -1))  # bit for bit
+        assert_near(got["h_n"][n], h_n[0], dtype, f"h_n {n}")
+        assert_near(got["c_n"][n], c_n[0], dtype, f"c_n {n}")
+    for name in ("grad gates_x", "grad k"):
+        for n, length in enumerate(lengths):
+            assert torch.all(got[name][length:, n] == 0), name
+    # The gradients of the whole batch against a batch without padding rows: zero-padded
+    # inputs that run with k = 0 there (the other way of holding the state).
+    masked = {name: None if t is None else t.detach().clone() for name, t in inputs.items()}
+    with torch.no_grad():
+        for n, length in enumerate(lengths):
+            masked["k"][length:, n] = 0
+    masked = {n: None if t is None else t.requires_grad_() for n, t in masked.items()}
+    want = run_op_with(backend, masked)
+    for name in ("h", "h_n", "c_n", "grad weight_hh", "grad h0", "grad c0"):
+        assert_near(got[name], want[name], dtype, name)
+    if peepholes:
+        assert_near(got["grad weight_ch"], want["grad weight_ch"], dtype, "grad weight_ch")
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_batch_sizes_fused_matches_reference(dtype):
+    lengths = [12, 12, 8, 5, 1]
+    inputs = op_inputs(12, 5, 7, dtype, peepholes=True, gate="train", seed=3)
+    sizes = batch_sizes_of(lengths, 12)
+    want = run_op_with("reference", inputs, batch_sizes=sizes, grad_clip=0.3)
+    got = run_op_with("fused", inputs, batch_sizes=sizes, grad_clip=0.3)
+    for name in want:
+        assert_near(got[name], want[name], dtype, name)
+    # Without gradients ("sparse", and "fused" under no_grad) the padding is held as well.
+    with torch.no_grad():
+        detached = [None if t is None else t.detach() for t in inputs.values()]
+        for backend in ("sparse", "fused"):
+            h, h_n, c_n = recurrence(*detached, batch_sizes=sizes, backend=backend)
+            assert_near(h, want["h"], dtype, backend)
+            assert_near(h_n, want["h_n"], dtype, backend)
+
+
+@pytest.mark.parametrize(
+    "batch_sizes, error, message",
+    [
+        ([3, 2, 1], TypeError, r"batch_sizes must be an int64 torch.Tensor, got list"),
+        (torch.tensor([3.0, 2.0, 1.0, 1.0]), TypeError, r"int64 torch.Tensor, got torch.float32"),
+        (torch.tensor([3, 2, 1]), ValueError, r"batch_sizes must have shape \(L,\) = \(4,\)"),
+        (torch.tensor([4, 2, 1, 1]), ValueError, r"must lie in \[0, N\] = \[0, 3\], got values"),
+        (torch.tensor([3, 1, 2, 1]), ValueError, r"must not increase from step to step"),
+    ],
+    ids=["list", "float", "shape", "range", "increasing"],
+)
+def test_batch_sizes_errors(batch_sizes, error, message):
+    inputs = op_inputs(4, 3, 2, f64, peepholes=False, gate="train")
+    with pytest.raises(error, match=message):
+        recurrence(*inputs.values(), batch_sizes=batch_sizes, backend="reference")
 
 
 # ------------------------------------------------------------------------- the layer

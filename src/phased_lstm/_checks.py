@@ -55,6 +55,37 @@ def check_leak(value: object) -> float:
     return leak
 
 
+def check_grad_clip(value: object) -> float | None:
+    if value is None:
+        return None
+    clip = check_real("grad_clip", value)
+    if clip <= 0.0:
+        raise ValueError(f"grad_clip must be None or > 0, got {clip}")
+    return clip
+
+
+def check_batch_sizes(value: object, length: int, batch: int) -> Tensor:
+    if not isinstance(value, Tensor) or value.dtype != torch.int64:
+        got = value.dtype if isinstance(value, Tensor) else type(value).__name__
+        raise TypeError(f"batch_sizes must be an int64 torch.Tensor, got {got}")
+    if value.shape != (length,):
+        raise ValueError(
+            f"batch_sizes must have shape (L,) = ({length},), got {shape_str(value.shape)}"
+        )
+    value = value.cpu()
+    if length and (int(value.min()) < 0 or int(value.max()) > batch):
+        raise ValueError(
+            f"batch_sizes must lie in [0, N] = [0, {batch}], got values from {int(value.min())} "
+            f"to {int(value.max())}"
+        )
+    if length > 1 and bool((value[1:] > value[:-1]).any()):
+        raise ValueError(
+            "batch_sizes must not increase from step to step (samples sorted by length, "
+            "longest first, as in a PackedSequence)"
+        )
+    return value
+
+
 def check_dropout(value: object) -> float:
     p = check_real("dropout", value)
     if not 0.0 <= p <= 1.0:

@@ -52,6 +52,7 @@ class _GateParameters(nn.Module):
         learn_period: object,
         learn_shift: object,
         learn_r_on: object,
+        grad_clip: object,
         backend: object,
     ) -> None:
         self.peepholes = _checks.check_bool("peepholes", peepholes)
@@ -71,6 +72,7 @@ class _GateParameters(nn.Module):
                 "r_on must be < 1 when learn_r_on=True (its logit would be infinite), got 1.0; "
                 "use learn_r_on=False for a fixed r_on of 1"
             )
+        self.grad_clip = _checks.check_grad_clip(grad_clip)
         self.backend = check_backend(backend)
 
     def _add_direction(self, suffix: str, input_size: int, hidden_size: int, bias: bool) -> None:
@@ -148,9 +150,17 @@ class _GateParameters(nn.Module):
         )
 
     def _run_direction(
-        self, suffix: str, x: Tensor, times: Tensor, mask: Tensor | None, h0: Tensor, c0: Tensor
+        self,
+        suffix: str,
+        x: Tensor,
+        times: Tensor,
+        mask: Tensor | None,
+        h0: Tensor,
+        c0: Tensor,
+        batch_sizes: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """One layer-direction over ``x`` (L, N, H_in) with ``times`` (L, N)."""
+        """One layer-direction over ``x`` (L, N, H_in) with ``times`` (L, N); ``batch_sizes``
+        as in :func:`phased_lstm.ops.recurrence` when the samples are sorted by length."""
         if x.shape[0] > _EVAL_CHUNK and not needs_grad(x, h0, c0, *self.parameters()):
             # Without autograd nothing has to outlive a step: run in time chunks with the state
             # carried, so the (L, N, 4H) input projection and k never exist whole.
@@ -158,14 +168,27 @@ class _GateParameters(nn.Module):
             for start in range(0, x.shape[0], _EVAL_CHUNK):
                 part = slice(start, start + _EVAL_CHUNK)
                 h_seq, h, c = self._run_chunk(
-                    suffix, x[part], times[part], None if mask is None else mask[part], h, c
+                    suffix,
+                    x[part],
+                    times[part],
+                    None if mask is None else mask[part],
+                    h,
+                    c,
+                    None if batch_sizes is None else batch_sizes[part],
                 )
                 h_seqs.append(h_seq)
             return torch.cat(h_seqs), h, c
-        return self._run_chunk(suffix, x, times, mask, h0, c0)
+        return self._run_chunk(suffix, x, times, mask, h0, c0, batch_sizes)
 
     def _run_chunk(
-        self, suffix: str, x: Tensor, times: Tensor, mask: Tensor | None, h0: Tensor, c0: Tensor
+        self,
+        suffix: str,
+        x: Tensor,
+        times: Tensor,
+        mask: Tensor | None,
+        h0: Tensor,
+        c0: Tensor,
+        batch_sizes: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         bias = None
         if getattr(self, "bias_ih" + suffix, None) is not None:
@@ -181,6 +204,8 @@ class _GateParameters(nn.Module):
             getattr(self, "weight_ch" + suffix, None),
             h0,
             c0,
+            grad_clip=self.grad_clip,
+            batch_sizes=batch_sizes,
             backend=self.backend,
         )
 
@@ -201,6 +226,8 @@ class _GateParameters(nn.Module):
                 parts.append(f"{name}=False")
         if self.learn_r_on:
             parts.append("learn_r_on=True")
+        if self.grad_clip is not None:
+            parts.append(f"grad_clip={self.grad_clip:g}")
         if self.backend != "auto":
             parts.append(f"backend={self.backend!r}")
         return parts
@@ -235,6 +262,8 @@ class PhasedLSTMCell(_GateParameters):
         period_range: ``(low, high)``, the period is initialised log-uniform in it.
         shift_range: ``None`` for a shift uniform in ``[0, period)``, else ``(low, high)``.
         learn_period, learn_shift, learn_r_on: whether each is a trained parameter or a buffer.
+        grad_clip: ``None``, or a bound on the gradient of the gate pre-activations, applied
+            elementwise in backpropagation (see :class:`PhasedLSTM`).
         backend: recurrence backend, one of :func:`phased_lstm.ops.available_backends`.
 
     Inputs: x, t, hx
@@ -268,6 +297,7 @@ class PhasedLSTMCell(_GateParameters):
         learn_period: bool = True,
         learn_shift: bool = True,
         learn_r_on: bool = False,
+        grad_clip: float | None = None,
         backend: str = "auto",
     ) -> None:
         super().__init__()
@@ -283,6 +313,7 @@ class PhasedLSTMCell(_GateParameters):
             learn_period=learn_period,
             learn_shift=learn_shift,
             learn_r_on=learn_r_on,
+            grad_clip=grad_clip,
             backend=backend,
         )
         self._add_direction("", self.input_size, self.hidden_size, self.bias)
@@ -381,6 +412,12 @@ class PhasedLSTM(_GateParameters):
         shift_range: ``None`` for a shift uniform in ``[0, period)``, else ``(low, high)``.
         learn_period, learn_shift, learn_r_on: whether each is trained (a parameter) or fixed
             (a buffer).
+        grad_clip: ``None``, or a bound ``> 0`` on the gradient of the gate pre-activations
+            (``W_i x_t + b + W_h h_{t-1}``, before the peephole terms) at every step, clamped
+            elementwise during backpropagation through time. This is Lasagne's
+            ``grad_clipping``, with which the paper's authors trained (at 10); it keeps one
+            steep step from blowing up the gradient of the whole sequence, which clipping the
+            parameter gradients afterwards cannot do. The forward pass is unchanged.
         backend: recurrence backend, one of :func:`phased_lstm.ops.available_backends`.
 
     Inputs: input, times, hx, lengths
@@ -430,6 +467,7 @@ class PhasedLSTM(_GateParameters):
         learn_period: bool = True,
         learn_shift: bool = True,
         learn_r_on: bool = False,
+        grad_clip: float | None = None,
         backend: str = "auto",
     ) -> None:
         super().__init__()
@@ -449,6 +487,7 @@ class PhasedLSTM(_GateParameters):
             learn_period=learn_period,
             learn_shift=learn_shift,
             learn_r_on=learn_r_on,
+            grad_clip=grad_clip,
             backend=backend,
         )
         directions = 2 if self.bidirectional else 1
@@ -536,7 +575,22 @@ class PhasedLSTM(_GateParameters):
         _checks.check_finite_times(times)
         h0, c0 = self._initial_state(hx, x, unbatched)
 
-        output, h_n, c_n = self._forward_time_major(x, times, mask, lengths, h0, c0)
+        order = _longest_first(lengths, length)
+        if order is None:
+            output, h_n, c_n = self._forward_time_major(x, times, mask, lengths, h0, c0)
+        else:
+            # Sorted by length, longest first, the valid samples of every step are the leading
+            # rows, and the recurrence computes only those (batch_sizes); padding costs nothing.
+            output, h_n, c_n = self._forward_time_major(
+                x[:, order],
+                times[:, order],
+                mask[:, order],
+                lengths[order],
+                h0[:, order],
+                c0[:, order],
+            )
+            restore = torch.argsort(order)
+            output, h_n, c_n = output[:, restore], h_n[:, restore], c_n[:, restore]
 
         if packed:
             return self._repack(output, lengths, input), (h_n, c_n)
@@ -547,6 +601,11 @@ class PhasedLSTM(_GateParameters):
         return output, (h_n, c_n)
 
     def _forward_time_major(self, x, times, mask, lengths, h0, c0):
+        batch_sizes = None
+        if lengths is not None and bool((lengths < x.shape[0]).any()):
+            batch_sizes = mask.sum(1).cpu()
+            if bool((batch_sizes[1:] > batch_sizes[:-1]).any()):
+                batch_sizes = None  # not sorted by length: padding rows are held through k = 0
         reverse_index = None
         if self.bidirectional:
             reverse_index = _reverse_index(x.shape[0], x.shape[1], lengths, x.device)
@@ -560,7 +619,7 @@ class PhasedLSTM(_GateParameters):
                 if direction == 1:
                     inp, t = _gather_steps(inp, reverse_index), _gather_steps(t, reverse_index)
                 h_seq, h_last, c_last = self._run_direction(
-                    suffix, inp, t, mask, h0[index], c0[index]
+                    suffix, inp, t, mask, h0[index], c0[index], batch_sizes
                 )
                 if direction == 1:
                     h_seq = _gather_steps(h_seq, reverse_index)
@@ -672,6 +731,17 @@ class PhasedLSTM(_GateParameters):
                 total += float(is_open.sum()) / (steps * self.hidden_size)
                 count += 1
         return total / count
+
+
+def _longest_first(lengths: Tensor | None, length: int) -> Tensor | None:
+    """The batch order that sorts ``lengths`` longest first, or ``None`` when there is no
+    padding to skip or the batch is in that order already."""
+    if lengths is None or lengths.numel() < 2 or not bool((lengths < length).any()):
+        return None
+    order = torch.argsort(lengths, descending=True, stable=True)
+    if bool((order == torch.arange(order.numel(), device=order.device)).all()):
+        return None
+    return order
 
 
 def _same_optional(a: Tensor | None, b: Tensor | None) -> bool:

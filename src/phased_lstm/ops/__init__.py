@@ -13,10 +13,12 @@ reference otherwise; the compiled backends agree with the reference to float rou
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from torch import Tensor
 
+from .. import _checks
 from . import fused
 from .fused import fused_recurrence, sparse_recurrence
 from .reference import reference_recurrence
@@ -59,6 +61,8 @@ def recurrence(
     h0: Tensor,
     c0: Tensor,
     *,
+    grad_clip: float | None = None,
+    batch_sizes: Tensor | None = None,
     backend: str = "auto",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The time-gated LSTM recurrence of one layer and direction.
@@ -69,13 +73,27 @@ def recurrence(
         weight_hh: ``(4H, H)`` recurrent weights.
         weight_ch: ``(3H,)`` peephole weights for (i, f, o) or ``None``.
         h0, c0: ``(N, H)`` initial states.
+        grad_clip: ``None``, or a bound ``> 0`` on the gradient of the gate pre-activations
+            ``gates_x + h_{t-1} W_hh^T`` at every step, applied elementwise during
+            backpropagation (Lasagne's ``grad_clipping``, which the paper's authors trained
+            with). The peephole terms are added after that point, so the gradients of the
+            peepholes and of the cell state are not clipped. The forward pass is unchanged.
+            With a bound, gradients are first order only.
+        batch_sizes: ``None``, or ``(L,)`` int64 on the CPU, as a PackedSequence's: only the
+            first ``batch_sizes[t]`` samples are valid at step ``t`` (sort the batch by length,
+            longest first). The other rows are padding: their state is held whatever ``k``
+            says, and their ``gates_x`` and ``k`` get zero gradient. The compiled backends
+            skip them, so a batch of unequal lengths costs its valid steps only.
         backend: a name from :func:`available_backends`.
 
     Returns:
         ``(h, h_n, c_n)``: the hidden state after every step ``(L, N, H)`` and the final states.
     """
+    clip = math.inf if grad_clip is None else _checks.check_grad_clip(grad_clip)
+    if batch_sizes is not None:
+        batch_sizes = _checks.check_batch_sizes(batch_sizes, gates_x.shape[0], gates_x.shape[1])
     tensors = (gates_x, k, weight_hh, weight_ch, h0, c0)
-    return _resolve(backend, tensors)(*tensors)
+    return _resolve(backend, tensors)(*tensors, clip, batch_sizes)
 
 
 __all__ = [

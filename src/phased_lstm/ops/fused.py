@@ -32,6 +32,7 @@ C++ compiler and ninja, takes about a minute once and nothing is downloaded. If 
 
 from __future__ import annotations
 
+import math
 import platform
 import sys
 import threading
@@ -171,15 +172,18 @@ def _contiguous(*tensors: Tensor | None) -> list[Tensor | None]:
 
 class _FusedRecurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, gates_x, k, weight_hh, weight_ch, h0, c0):
-        h, c, acts = torch.ops.phased_lstm.forward_train(gates_x, k, weight_hh, weight_ch, h0, c0)
-        ctx.save_for_backward(k, weight_hh, weight_ch, h0, c0, h, c, acts)
+    def forward(ctx, gates_x, k, weight_hh, weight_ch, h0, c0, grad_clip, batch_sizes):
+        h, c, acts = torch.ops.phased_lstm.forward_train(
+            gates_x, k, weight_hh, weight_ch, h0, c0, batch_sizes
+        )
+        ctx.save_for_backward(k, weight_hh, weight_ch, h0, c0, h, c, acts, batch_sizes)
+        ctx.grad_clip = grad_clip
         return h, h[-1].clone(), c[-1].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_h, grad_h_n, grad_c_n):
-        k, weight_hh, weight_ch, h0, c0, h, c, acts = ctx.saved_tensors
+        k, weight_hh, weight_ch, h0, c0, h, c, acts, batch_sizes = ctx.saved_tensors
         grads = torch.ops.phased_lstm.backward(
             grad_h.contiguous(),
             grad_h_n.contiguous(),
@@ -193,6 +197,8 @@ class _FusedRecurrence(torch.autograd.Function):
             c,
             acts,
             ctx.needs_input_grad[2],
+            ctx.grad_clip,
+            batch_sizes,
         )
         d_gates_x, d_k, d_weight_hh, d_weight_ch, d_h0, d_c0 = grads
         return (
@@ -202,10 +208,14 @@ class _FusedRecurrence(torch.autograd.Function):
             d_weight_ch if weight_ch is not None else None,
             d_h0,
             d_c0,
+            None,
+            None,
         )
 
 
-def fused_recurrence(gates_x, k, weight_hh, weight_ch, h0, c0):
+def fused_recurrence(
+    gates_x, k, weight_hh, weight_ch, h0, c0, grad_clip=math.inf, batch_sizes=None
+):
     """Backend ``"fused"``; see :func:`phased_lstm.ops.recurrence` for the contract."""
     tensors = (gates_x, k, weight_hh, weight_ch, h0, c0)
     _require("fused", tensors)
@@ -213,9 +223,20 @@ def fused_recurrence(gates_x, k, weight_hh, weight_ch, h0, c0):
         return reference_recurrence(*tensors)
     tensors = _contiguous(*tensors)
     if needs_grad(*tensors):
-        return _FusedRecurrence.apply(*tensors)
+        return _FusedRecurrence.apply(*tensors, grad_clip, batch_sizes)
     # Without gradients nothing needs saving; every step with an open neuron runs dense.
-    return torch.ops.phased_lstm.forward_infer(*tensors, 0.0)
+    return torch.ops.phased_lstm.forward_infer(*_held_padding(tensors, batch_sizes), 0.0)
+
+
+def _held_padding(tensors, batch_sizes):
+    """The inference kernel skips neurons with k == 0: padding rows get k = 0, so that their
+    state is held as ``batch_sizes`` says, and skipped."""
+    if batch_sizes is None:
+        return tensors
+    gates_x, k, *rest = tensors
+    rows = torch.arange(k.shape[1])
+    valid = (rows < batch_sizes.unsqueeze(1)).unsqueeze(-1)
+    return (gates_x, torch.where(valid, k, torch.zeros((), dtype=k.dtype)), *rest)
 
 
 def _dense_above(batch: int) -> float:
@@ -229,8 +250,13 @@ def _dense_above(batch: int) -> float:
     return min(1.0, 0.35 + 2.0 / batch)
 
 
-def sparse_recurrence(gates_x, k, weight_hh, weight_ch, h0, c0):
-    """Backend ``"sparse"``; see :func:`phased_lstm.ops.recurrence` for the contract."""
+def sparse_recurrence(
+    gates_x, k, weight_hh, weight_ch, h0, c0, grad_clip=math.inf, batch_sizes=None
+):
+    """Backend ``"sparse"``; see :func:`phased_lstm.ops.recurrence` for the contract.
+
+    ``grad_clip`` is accepted for the common signature; without gradients it changes nothing.
+    """
     tensors = (gates_x, k, weight_hh, weight_ch, h0, c0)
     if needs_grad(*tensors):
         raise RuntimeError(
@@ -242,7 +268,8 @@ def sparse_recurrence(gates_x, k, weight_hh, weight_ch, h0, c0):
     if gates_x.shape[0] == 0:
         return reference_recurrence(*tensors)
     dense_above = _dense_above(gates_x.shape[1])
-    return torch.ops.phased_lstm.forward_infer(*_contiguous(*tensors), dense_above)
+    tensors = _held_padding(_contiguous(*tensors), batch_sizes)
+    return torch.ops.phased_lstm.forward_infer(*tensors, dense_above)
 
 
 __all__ = ["build_error", "fused_recurrence", "kernels_available", "sparse_recurrence"]

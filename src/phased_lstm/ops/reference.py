@@ -6,8 +6,29 @@ of the paper's equations, with no tricks.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+
+class _ClipGradient(torch.autograd.Function):
+    """Identity forward; the gradient passing back through it is clamped to ``[-clip, clip]``.
+
+    First order only: a clamped gradient is not the derivative of anything, and a second
+    derivative taken through this graph would clamp some of its own paths as well.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, clip: float) -> Tensor:
+        ctx.clip = clip
+        return x.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return grad.clamp(-ctx.clip, ctx.clip), None
 
 
 def reference_recurrence(
@@ -17,6 +38,8 @@ def reference_recurrence(
     weight_ch: Tensor | None,
     h0: Tensor,
     c0: Tensor,
+    grad_clip: float = math.inf,
+    batch_sizes: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Run the gated LSTM recurrence over precomputed input projections and time-gate values.
 
@@ -27,10 +50,18 @@ def reference_recurrence(
         w_ci, w_cf, w_co = weight_ch.chunk(3)
     h, c = h0, c0
     hs = []
+    valid_rows = None
+    if batch_sizes is not None:
+        # (L, N, 1): True for the rows each step computes; the others hold their state.
+        rows = torch.arange(gates_x.shape[1], device=gates_x.device)
+        valid_rows = (rows < batch_sizes.to(gates_x.device).unsqueeze(1)).unsqueeze(-1)
     # unbind, not gates_x[step]: the backward of an index writes a full-size gradient per step,
     # which would make the loop quadratic in the sequence length.
-    for gates_xt, kt in zip(gates_x.unbind(0), k.unbind(0), strict=True):
+    for step, (gates_xt, kt) in enumerate(zip(gates_x.unbind(0), k.unbind(0), strict=True)):
         gates = gates_xt + h @ w_hh_t
+        if grad_clip != math.inf:
+            # Lasagne's grad_clipping: before the peephole terms are added.
+            gates = _ClipGradient.apply(gates, grad_clip)
         i, f, g, o = gates.chunk(4, dim=-1)
         if weight_ch is not None:
             # Diagonal peepholes: input and forget gates look at the previous cell state.
@@ -42,8 +73,12 @@ def reference_recurrence(
             o = o + w_co * c_new
         h_new = torch.sigmoid(o) * torch.tanh(c_new)
         # Written as in the paper so that k = 0 keeps the state bit for bit and k = 1 is nn.LSTM.
-        c = kt * c_new + (1 - kt) * c
-        h = kt * h_new + (1 - kt) * h
+        c_next = kt * c_new + (1 - kt) * c
+        h_next = kt * h_new + (1 - kt) * h
+        if valid_rows is not None:
+            c_next = torch.where(valid_rows[step], c_next, c)
+            h_next = torch.where(valid_rows[step], h_next, h)
+        c, h = c_next, h_next
         hs.append(h)
     if hs:
         return torch.stack(hs), h, c

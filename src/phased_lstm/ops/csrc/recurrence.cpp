@@ -8,6 +8,11 @@
 //   forward_infer  the recurrence keeping nothing; a neuron whose time gate is closed (k == 0)
 //                  is not computed at all, and a step where every neuron is closed is a copy.
 //
+// With `batch_sizes` (L,) (as in a PackedSequence, samples sorted by length, longest first),
+// only the first batch_sizes[t] rows of step t are computed; the others are padding: their
+// state is copied and their gradients are zero, so a batch of unequal lengths costs its valid
+// steps, not its longest sequence times the batch.
+//
 // The equations are those of phased_lstm/ops/reference.py, in the same order of operations.
 // Matrix products go through ATen (MKL on x86); the elementwise work of a step is one loop over
 // raw pointers that the compiler vectorises.
@@ -133,12 +138,16 @@ PHASED_LSTM_NOINLINE void forward_row(
 // Backward of one row of one step. On entry `dc` is dL/dc_t; on exit dL/dc_{t-1}. `dh` is
 // dL/dh_t; `dh_prev` receives (1 - k) dL/dh_t plus `seed` (the output's gradient at t - 1, or
 // null): the caller adds dgates W_hh afterwards. `acc` (3H, double) sums the peephole gradients.
+// `clip` bounds the gradient of the gate pre-activations (x W_ih^T + b + h W_hh^T) that goes on
+// to gates_x and h_{t-1}, as Lasagne's grad_clipping; the peephole terms are added after that
+// point in the forward pass, so they and the cell state see the unclipped gradient. An infinite
+// `clip` is the identity (NaN stays NaN).
 template <typename T, bool kPeep>
 PHASED_LSTM_NOINLINE void backward_row(
     const T* __restrict__ acts, const T* __restrict__ c_prev, const T* __restrict__ h_prev,
     const T* __restrict__ k, const T* __restrict__ w_ch, const T* __restrict__ dh,
     T* __restrict__ dc, const T* __restrict__ seed, T* __restrict__ dh_prev,
-    T* __restrict__ dgates, T* __restrict__ dk, double* __restrict__ acc, int64_t H) {
+    T* __restrict__ dgates, T* __restrict__ dk, double* __restrict__ acc, T clip, int64_t H) {
   const T* __restrict__ gi = acts;
   const T* __restrict__ gf = acts + H;
   const T* __restrict__ gg = acts + 2 * H;
@@ -171,10 +180,10 @@ PHASED_LSTM_NOINLINE void backward_row(
     }
     dc[j] = dcp;
     dh_prev[j] = (T(1) - kj) * dhj + (seed != nullptr ? seed[j] : T(0));
-    di[j] = dai;
-    df[j] = daf;
-    dg[j] = dag;
-    do_[j] = dao;
+    di[j] = std::min(std::max(dai, -clip), clip);
+    df[j] = std::min(std::max(daf, -clip), clip);
+    dg[j] = std::min(std::max(dag, -clip), clip);
+    do_[j] = std::min(std::max(dao, -clip), clip);
   }
 }
 
@@ -281,14 +290,37 @@ void check_inputs(const at::Tensor& gates_x, const at::Tensor& k, const at::Tens
   }
 }
 
+// The number of leading rows to compute at each step: batch_sizes, checked, or N everywhere.
+std::vector<int64_t> rows_per_step(const std::optional<at::Tensor>& batch_sizes, int64_t L,
+                                   int64_t N) {
+  std::vector<int64_t> rows(static_cast<size_t>(L), N);
+  if (!batch_sizes.has_value()) return rows;
+  const at::Tensor& bs = *batch_sizes;
+  TORCH_CHECK(bs.dim() == 1 && bs.size(0) == L && bs.scalar_type() == at::kLong &&
+                  bs.device().is_cpu(),
+              "batch_sizes must be a CPU int64 tensor of shape (L,) = (", L, ",), got ",
+              bs.sizes(), " ", bs.scalar_type());
+  const at::Tensor contiguous = bs.contiguous();
+  const int64_t* p = contiguous.data_ptr<int64_t>();
+  for (int64_t t = 0; t < L; ++t) {
+    TORCH_CHECK(p[t] >= 0 && p[t] <= N, "batch_sizes must lie in [0, N] = [0, ", N, "], got ",
+                p[t], " at step ", t);
+    rows[static_cast<size_t>(t)] = p[t];
+  }
+  return rows;
+}
+
 // ---------------------------------------------------------------------------------------------
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_train(
     const at::Tensor& gates_x, const at::Tensor& k, const at::Tensor& weight_hh,
-    const std::optional<at::Tensor>& weight_ch, const at::Tensor& h0, const at::Tensor& c0) {
+    const std::optional<at::Tensor>& weight_ch, const at::Tensor& h0, const at::Tensor& c0,
+    const std::optional<at::Tensor>& batch_sizes) {
   check_inputs(gates_x, k, weight_hh, weight_ch, h0, c0);
   const int64_t L = gates_x.size(0), N = gates_x.size(1), H = h0.size(1);
-  // Each step's pre-activations are written here, then turned into activations in place.
+  const std::vector<int64_t> rows = rows_per_step(batch_sizes, L, N);
+  // Each step's pre-activations are written here, then turned into activations in place; the
+  // rows of padding are left unwritten (backward never reads them).
   at::Tensor acts = empty_buffer(gates_x.sizes(), gates_x.options());
   at::Tensor h = empty_buffer({L, N, H}, h0.options());
   at::Tensor c = empty_buffer({L, N, H}, h0.options());
@@ -302,13 +334,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_train(
     scalar_t* c_p = c.data_ptr<scalar_t>();
     for (int64_t t = 0; t < L; ++t) {
       const at::Tensor h_prev = t == 0 ? h0 : h[t - 1];
-      at::Tensor acts_t = acts[t];
-      at::addmm_out(acts_t, gates_x[t], h_prev, w_t);
+      const int64_t active = rows[static_cast<size_t>(t)];
+      if (active > 0) {
+        at::Tensor acts_t = acts[t].narrow(0, 0, active);
+        at::addmm_out(acts_t, gates_x[t].narrow(0, 0, active), h_prev.narrow(0, 0, active), w_t);
+      }
       const scalar_t* hp = h_prev.data_ptr<scalar_t>();
       const scalar_t* cp = t == 0 ? c0.data_ptr<scalar_t>() : c_p + (t - 1) * N * H;
       at::parallel_for(0, N, row_grain(H), [&](int64_t begin, int64_t end) {
         for (int64_t n = begin; n < end; ++n) {
           const int64_t row = (t * N + n) * H;
+          if (n >= active) {  // padding: the state is held
+            std::memcpy(h_p + row, hp + n * H, sizeof(scalar_t) * H);
+            std::memcpy(c_p + row, cp + n * H, sizeof(scalar_t) * H);
+            continue;
+          }
           scalar_t* gates = acts_p + (t * N + n) * 4 * H;
           if (peep) {
             forward_row<scalar_t, true>(gates, cp + n * H, hp + n * H, k_p + row, w_ch,
@@ -330,9 +370,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& grad_h, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
     const at::Tensor& k, const at::Tensor& weight_hh, const std::optional<at::Tensor>& weight_ch,
     const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& h, const at::Tensor& c,
-    const at::Tensor& acts, bool weight_hh_grad) {
+    const at::Tensor& acts, bool weight_hh_grad, double grad_clip,
+    const std::optional<at::Tensor>& batch_sizes) {
   check_inputs(acts, k, weight_hh, weight_ch, h0, c0);
+  TORCH_CHECK(grad_clip > 0, "backward: grad_clip must be > 0 (inf for none), got ", grad_clip);
   const int64_t L = acts.size(0), N = acts.size(1), H = h0.size(1);
+  const std::vector<int64_t> rows = rows_per_step(batch_sizes, L, N);
   for (const auto* t : {&grad_h, &h, &c}) {
     TORCH_CHECK(t->sizes() == k.sizes() && t->is_contiguous() &&
                     t->scalar_type() == k.scalar_type(),
@@ -363,12 +406,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     scalar_t* dk_p = dk.data_ptr<scalar_t>();
     scalar_t* dc_p = dc.data_ptr<scalar_t>();
     double* acc_p = peep ? acc.data_ptr<double>() : nullptr;
+    const auto clip = static_cast<scalar_t>(grad_clip);
     for (int64_t t = L - 1; t >= 0; --t) {
       const scalar_t* hp = t == 0 ? h0.data_ptr<scalar_t>() : h_p + (t - 1) * N * H;
       const scalar_t* cp = t == 0 ? c0.data_ptr<scalar_t>() : c_p + (t - 1) * N * H;
       const scalar_t* seed = t == 0 ? nullptr : gh_p + (t - 1) * N * H;
       const scalar_t* dh_p = dh.data_ptr<scalar_t>();
       scalar_t* dhp_p = dh_prev.data_ptr<scalar_t>();
+      const int64_t active = rows[static_cast<size_t>(t)];
       at::parallel_for(0, N, row_grain(H), [&](int64_t begin, int64_t end) {
         const int64_t tid = at::get_thread_num();
         TORCH_CHECK(!peep || tid < threads, "phased_lstm backward: unexpected thread id");
@@ -377,18 +422,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
           const int64_t row = (t * N + n) * H;
           const int64_t grow = (t * N + n) * 4 * H;
           const scalar_t* seed_n = seed == nullptr ? nullptr : seed + n * H;
+          if (n >= active) {  // padding: the gradient passes to the held state unchanged
+            std::fill_n(dgates_p + grow, 4 * H, scalar_t(0));
+            std::fill_n(dk_p + row, H, scalar_t(0));
+            for (int64_t j = 0; j < H; ++j) {
+              dhp_p[n * H + j] = dh_p[n * H + j] + (seed_n != nullptr ? seed_n[j] : scalar_t(0));
+            }
+            continue;
+          }
           if (peep) {
             backward_row<scalar_t, true>(acts_p + grow, cp + n * H, hp + n * H, k_p + row, w_ch,
                                          dh_p + n * H, dc_p + n * H, seed_n, dhp_p + n * H,
-                                         dgates_p + grow, dk_p + row, acc_t, H);
+                                         dgates_p + grow, dk_p + row, acc_t, clip, H);
           } else {
             backward_row<scalar_t, false>(acts_p + grow, cp + n * H, hp + n * H, k_p + row, w_ch,
                                           dh_p + n * H, dc_p + n * H, seed_n, dhp_p + n * H,
-                                          dgates_p + grow, dk_p + row, acc_t, H);
+                                          dgates_p + grow, dk_p + row, acc_t, clip, H);
           }
         }
       });
-      dh_prev.addmm_(dgates[t], weight_hh);
+      if (active > 0) {
+        dh_prev.narrow(0, 0, active).addmm_(dgates[t].narrow(0, 0, active), weight_hh);
+      }
       std::swap(dh, dh_prev);
     }
   });
@@ -515,11 +570,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_infer(
 TORCH_LIBRARY(phased_lstm, m) {
   m.def(
       "forward_train(Tensor gates_x, Tensor k, Tensor weight_hh, Tensor? weight_ch, Tensor h0, "
-      "Tensor c0) -> (Tensor, Tensor, Tensor)");
+      "Tensor c0, Tensor? batch_sizes) -> (Tensor, Tensor, Tensor)");
   m.def(
       "backward(Tensor grad_h, Tensor grad_h_n, Tensor grad_c_n, Tensor k, Tensor weight_hh, "
       "Tensor? weight_ch, Tensor h0, Tensor c0, Tensor h, Tensor c, Tensor acts, "
-      "bool weight_hh_grad) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "bool weight_hh_grad, float grad_clip, Tensor? batch_sizes) -> (Tensor, Tensor, Tensor, "
+      "Tensor, Tensor, Tensor)");
   m.def(
       "forward_infer(Tensor gates_x, Tensor k, Tensor weight_hh, Tensor? weight_ch, Tensor h0, "
       "Tensor c0, float dense_above) -> (Tensor, Tensor, Tensor)");
