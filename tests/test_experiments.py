@@ -1,5 +1,6 @@
 """The experiment package: baselines, batch norms, the CLI end to end, resume, DDP, errors."""
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -14,6 +15,12 @@ pytest.importorskip("lightning")
 
 from phased_lstm.data import frequency_task  # noqa: E402
 from phased_lstm_experiments.cli import main  # noqa: E402
+from phased_lstm_experiments.config import (  # noqa: E402
+    ExperimentConfig,
+    model_spec,
+    parameter_clip,
+    preset_config,
+)
 from phased_lstm_experiments.models import (  # noqa: E402
     MaskedBatchNorm,
     ModelSpec,
@@ -164,6 +171,39 @@ def test_authors_initialisation():
     assert rnn.logit_r_on_l0.requires_grad  # the authors learned r_on too
 
 
+@pytest.mark.parametrize("name", ["plstm", "lstm", "bnlstm-input", "bnlstm"])
+def test_gate_gradient_clipping_reaches_the_recurrence(name):
+    # The gradient of a recurrent bias sums the gate gradients over steps and samples, so with
+    # the gate gradient clipped at c it is at most c * L * N; without clipping it is far more.
+    values, times, lengths = padded_batch()
+    clip = 1e-6
+    biggest = {}
+    for bound in (None, clip):
+        torch.manual_seed(0)
+        model = build_model(name, dataclasses.replace(SPEC, grad_clip=bound)).double()
+        model(values.double(), times, lengths).pow(2).sum().mul(1e3).backward()
+        rnn = model.encoder.rnn
+        bias = next(p for n, p in rnn.named_parameters() if n in ("bias_ih_l0", "bias_ih", "bias"))
+        biggest[bound] = float(bias.grad.abs().max())
+    steps, batch = values.shape[1], values.shape[0]
+    assert biggest[clip] <= clip * steps * batch < biggest[None]
+
+
+def test_parameter_clipping_only_where_the_recurrence_does_not_clip():
+    config = preset_config("freq", "quick")
+    assert config.gradient_clip_mode == "gates"
+    assert parameter_clip(config, "plstm") is None and parameter_clip(config, "bnlstm") is None
+    assert parameter_clip(config, "cfc") == 10.0  # CfC has no LSTM gates to clip
+    assert model_spec(config, "plstm", "async").grad_clip == 10.0
+    config.gradient_clip_mode = "value"
+    assert parameter_clip(config, "plstm") == 10.0
+    assert model_spec(config, "plstm", "async").grad_clip is None
+    # A folder written before the mode existed was trained with parameter clipping.
+    old = config.to_dict()
+    del old["gradient_clip_mode"]
+    assert ExperimentConfig.from_dict(old).gradient_clip_mode == "value"
+
+
 # The command line -------------------------------------------------------------------------
 
 
@@ -203,7 +243,8 @@ def test_cli_end_to_end(tmp_path, capsys):
         assert (out / name).stat().st_size > 0, name
     markdown = (out / "results.md").read_text()
     assert "99.2 (99.3)" in markdown and "63.1 (69.0)" in markdown
-    assert "clipped by value at 10" in markdown
+    assert "clipped at ±10 inside the recurrence" in markdown  # the authors' clipping, default
+    assert config["gradient_clip_mode"] == "gates"
     assert len((out / "metrics.csv").read_text().splitlines()) == 1 + 4
     assert (out / "runs" / "plstm-async-seed1" / "checkpoints" / "last.ckpt").exists()
     assert not list(out.rglob("*.tmp"))  # atomic writes leave no temporary file
@@ -222,8 +263,10 @@ def test_cli_adding_and_freq2(tmp_path):
     assert (out / "adding_mse.png").exists()
     assert "exp(U(6, 8))" in (out / "results.md").read_text()
     out2 = tmp_path / "freq2"
-    run_cli("freq2", "--models", "plstm", *TINY, "--out", str(out2))
+    clip_args = ["--gradient-clip-mode", "value"]
+    run_cli("freq2", "--models", "plstm", *clip_args, *TINY, "--out", str(out2))
     assert list(read_results(out2)["runs"]) == ["plstm-async-seed1"]
+    assert "every parameter gradient clipped by value at 10" in (out2 / "results.md").read_text()
 
 
 def test_resume_continues_an_interrupted_run(tmp_path):

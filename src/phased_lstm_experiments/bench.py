@@ -43,6 +43,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import phased_lstm
 from phased_lstm import PhasedLSTM
@@ -62,22 +63,31 @@ class BenchConfig:
     input_size: int
     hidden_size: int
     r_on: float = 0.05
+    # Lengths drawn uniformly from [length // 10, length] per sample: PhasedLSTM gets `lengths`,
+    # nn.LSTM a PackedSequence; both should cost the valid steps, not the padding.
+    varied_lengths: bool = False
 
     def describe(self) -> str:
         mode = "train fwd+bwd" if self.train else "eval fwd"
-        return (
-            f"{self.name}: {mode} B={self.batch} T={self.length} "
-            f"I={self.input_size} H={self.hidden_size}"
+        steps = (
+            f"T={self.length // 10}..{self.length}" if self.varied_lengths else f"T={self.length}"
         )
+        return (
+            f"{self.name}: {mode} B={self.batch} {steps} I={self.input_size} H={self.hidden_size}"
+        )
+
+    def mean_length(self) -> float:
+        return (self.length // 10 + self.length) / 2 if self.varied_lengths else self.length
 
     def flops(self) -> float:
         """Floating-point operations of the dense LSTM for one forward or training step."""
         per_step = 2 * self.batch * 4 * self.hidden_size
-        forward = per_step * (self.input_size + self.hidden_size) * self.length
+        steps = self.mean_length()
+        forward = per_step * (self.input_size + self.hidden_size) * steps
         if not self.train:
             return float(forward)
         # Backward: the state's gradient through W_hh, and the gradients of W_hh and W_ih.
-        backward = per_step * (self.hidden_size + self.hidden_size + self.input_size) * self.length
+        backward = per_step * (self.hidden_size + self.hidden_size + self.input_size) * steps
         return float(forward + backward)
 
 
@@ -85,6 +95,7 @@ CONFIGS: dict[str, BenchConfig] = {
     c.name: c
     for c in (
         BenchConfig("paper-train", True, 32, 1000, 1, 110),
+        BenchConfig("lengths-train", True, 32, 1000, 1, 110, varied_lengths=True),
         BenchConfig("h512-train", True, 32, 500, 64, 512),
         BenchConfig("stream-eval", False, 1, 2000, 16, 512),
         BenchConfig("batch-eval", False, 32, 2000, 16, 512),
@@ -92,7 +103,7 @@ CONFIGS: dict[str, BenchConfig] = {
         BenchConfig("quick-eval", False, 1, 200, 3, 64),
     )
 }
-DEFAULT_CONFIGS = ("paper-train", "h512-train", "stream-eval", "batch-eval")
+DEFAULT_CONFIGS = ("paper-train", "lengths-train", "h512-train", "stream-eval", "batch-eval")
 QUICK_CONFIGS = ("quick-train", "quick-eval")
 MODELS = ("plstm", "lstm")
 
@@ -113,6 +124,9 @@ class _Case:
         c = config
         self.x = torch.randn(c.length, c.batch, c.input_size, generator=gen)
         self.times = irregular_times(c.length, c.batch, gen)
+        self.lengths = None
+        if c.varied_lengths:
+            self.lengths = torch.randint(c.length // 10, c.length + 1, (c.batch,), generator=gen)
         self.models = {
             "plstm": PhasedLSTM(c.input_size, c.hidden_size, r_on=c.r_on, backend=backend),
             "lstm": nn.LSTM(c.input_size, c.hidden_size),
@@ -123,15 +137,22 @@ class _Case:
     def step(self, model_name: str, x: torch.Tensor | None = None) -> None:
         x = self.x if x is None else x
         model = self.models[model_name]
-        args = (x, self.times[: x.shape[0]]) if model_name == "plstm" else (x,)
         if self.config.train:
             for p in model.parameters():
                 p.grad = None
-            output, _ = model(*args)
-            output.sum().backward()
+            self._output(model_name, x).sum().backward()
         else:
             with torch.no_grad():
-                model(*args)
+                self._output(model_name, x)
+
+    def _output(self, model_name: str, x: torch.Tensor) -> torch.Tensor:
+        model = self.models[model_name]
+        lengths = None if self.lengths is None else self.lengths.clamp(max=x.shape[0])
+        if model_name == "plstm":
+            return model(x, self.times[: x.shape[0]], lengths=lengths)[0]
+        if lengths is None:
+            return model(x)[0]
+        return model(pack_padded_sequence(x, lengths, enforce_sorted=False))[0].data
 
 
 def _median_ms(samples: list[float]) -> float:
@@ -276,7 +297,7 @@ def run_config(
 ) -> BenchRow:
     case = _Case(config, backend)
     steps = {name: (lambda name=name: case.step(name)) for name in MODELS}
-    if config.train:
+    if config.train and not config.varied_lengths:
         steps["matmul"] = _matmul_step(config)
     times = _time_interleaved(steps, warmup, repeats)
     peaks = {name: None for name in MODELS}

@@ -17,6 +17,7 @@ from pathlib import Path
 from .config import (
     CONDITIONS,
     EXPERIMENTS,
+    GRADIENT_CLIP_MODES,
     MODEL_NAMES,
     PRESETS,
     ExperimentConfig,
@@ -106,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reproduce.add_argument("--batch-size", type=_positive_int, help="default: 32")
     reproduce.add_argument(
+        "--gradient-clip-mode",
+        choices=GRADIENT_CLIP_MODES,
+        help="gates (default): clip the gradient of the gate pre-activations at 10 inside the "
+        "recurrence, as the authors' code; value: clip every parameter gradient at 10 instead",
+    )
+    reproduce.add_argument(
         "--out", type=Path, help="output folder (default runs/EXPERIMENT-PRESET)"
     )
     reproduce.add_argument(
@@ -157,6 +164,7 @@ def resolve_config(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         ("samples_per_epoch", "samples_per_epoch"),
         ("test_samples", "test_samples"),
         ("batch_size", "batch_size"),
+        ("gradient_clip_mode", "gradient_clip_mode"),
         ("threads", "threads"),
     ):
         value = getattr(args, option)

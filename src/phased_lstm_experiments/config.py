@@ -12,10 +12,14 @@ from dataclasses import dataclass, field
 
 from phased_lstm.data import FREQUENCY_CONDITIONS
 
-from .models import MODEL_NAMES, ModelSpec
+from .models import GATE_CLIP_MODELS, MODEL_NAMES, ModelSpec
 
 EXPERIMENTS = ("freq", "freq2", "adding")
 PRESETS = ("quick", "paper")
+# "gates": the gradient of the gate pre-activations is clipped inside the recurrence, as the
+# authors' Lasagne code did (models without such gates, CfC, clip their parameter gradients);
+# "value": every parameter gradient is clipped by value after backpropagation (Lightning's).
+GRADIENT_CLIP_MODES = ("gates", "value")
 
 # The adding task compares Phased LSTMs initialised with these period ranges, tau = exp(U(a, b))
 # in steps (fig. 4); each is a "condition" of the plstm model. The baselines run once.
@@ -48,6 +52,7 @@ PROTOCOL_FIELDS = (
     "batch_size",
     "learning_rate",
     "gradient_clip",
+    "gradient_clip_mode",
     "hidden_size",
 )
 
@@ -85,6 +90,7 @@ class ExperimentConfig:
     batch_size: int = 32
     learning_rate: float = 1e-3
     gradient_clip: float = 10.0
+    gradient_clip_mode: str = "gates"
     hidden_size: int = 110
     condition_samples: dict[str, int] = field(default_factory=dict)
     threads: int = 0
@@ -96,6 +102,8 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, data: dict) -> ExperimentConfig:
         data = dict(data)
+        # Folders written before the mode existed were trained with parameter clipping.
+        data.setdefault("gradient_clip_mode", "value")
         data["trainer"] = TrainerOptions(**data.get("trainer", {}))
         return cls(**data)
 
@@ -122,6 +130,7 @@ class ExperimentConfig:
 
 def model_spec(config: ExperimentConfig, model: str, condition: str) -> ModelSpec:
     """What ``model`` needs to know about the task of ``config`` under ``condition``."""
+    gate_clip = config.gradient_clip if config.gradient_clip_mode == "gates" else None
     if config.experiment == "adding":
         low, high = ADDING_PERIOD_RANGES.get(condition, ADDING_PERIOD_RANGES["tau0-2"])
         return ModelSpec(
@@ -133,6 +142,7 @@ def model_spec(config: ExperimentConfig, model: str, condition: str) -> ModelSpe
             shift_range=None,
             time_as_input=False,
             max_steps=510,
+            grad_clip=gate_clip,
         )
     # Frequency tasks: the authors' time gate, tau = exp(U(1, 3)) ms and s ~ U(0, 100) ms.
     return ModelSpec(
@@ -144,7 +154,16 @@ def model_spec(config: ExperimentConfig, model: str, condition: str) -> ModelSpe
         shift_range=(0.0, 100.0),
         time_as_input=True,
         max_steps=1250 if config.experiment == "freq" else 1000,
+        grad_clip=gate_clip,
     )
+
+
+def parameter_clip(config: ExperimentConfig, model: str) -> float | None:
+    """The bound on every parameter gradient of ``model``'s runs (Lightning's clipping by
+    value), or ``None`` when its recurrence clips the gate gradients itself."""
+    if config.gradient_clip_mode == "gates" and model in GATE_CLIP_MODELS:
+        return None
+    return config.gradient_clip
 
 
 def preset_config(experiment: str, preset: str) -> ExperimentConfig:
@@ -198,11 +217,13 @@ __all__ = [
     "ADDING_PERIOD_RANGES",
     "CONDITIONS",
     "EXPERIMENTS",
+    "GRADIENT_CLIP_MODES",
     "MODEL_NAMES",
     "PRESETS",
     "PROTOCOL_FIELDS",
     "ExperimentConfig",
     "TrainerOptions",
     "model_spec",
+    "parameter_clip",
     "preset_config",
 ]

@@ -40,6 +40,6 @@ def time_batches(
     )
     module, data = build_run(single, model, condition, seed)
     timer = _BatchTimer()
-    trainer = make_trainer(single, max_epochs=1, callbacks=[timer], limit_val_batches=0)
+    trainer = make_trainer(single, model, max_epochs=1, callbacks=[timer], limit_val_batches=0)
     trainer.fit(module, datamodule=data)
     return statistics.median(timer.durations[1:] or timer.durations)

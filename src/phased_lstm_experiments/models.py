@@ -20,6 +20,8 @@ from phased_lstm import PhasedLSTM
 from phased_lstm.ops import recurrence
 
 MODEL_NAMES = ("plstm", "lstm", "bnlstm-input", "bnlstm", "cfc")
+# Models whose recurrence clips the gradient of its gate pre-activations (ModelSpec.grad_clip).
+GATE_CLIP_MODELS = ("plstm", "lstm", "bnlstm-input", "bnlstm")
 
 _INIT_STD = 0.1
 _INPUT_GATE_BIAS = -0.1
@@ -40,6 +42,9 @@ class ModelSpec:
             parameters learnable); r_on starts at 0.05 either way.
         time_as_input: the baselines read the timestamp as an extra input channel.
         max_steps: longest sequence of the task (per-step statistics of the recurrent BN-LSTM).
+        grad_clip: bound on the gradient of the gate pre-activations inside the recurrence
+            (Lasagne's ``grad_clipping``, as the authors trained), or ``None``; models not in
+            :data:`GATE_CLIP_MODELS` ignore it.
     """
 
     input_size: int
@@ -51,6 +56,7 @@ class ModelSpec:
     learn_r_on: bool = True
     time_as_input: bool = True
     max_steps: int = 1250
+    grad_clip: float | None = None
 
 
 class SequenceModel(nn.Module):
@@ -83,6 +89,7 @@ class PhasedLSTMEncoder(nn.Module):
             period_range=spec.period_range,
             shift_range=spec.shift_range,
             learn_r_on=spec.learn_r_on,
+            grad_clip=spec.grad_clip,
         )
         authors_init(self.rnn, suffix="_l0")
 
@@ -98,9 +105,10 @@ class PeepholeLSTM(nn.Module):
     shut (``k = 0``) on padding, so the state at the last valid step is carried to the end.
     """
 
-    def __init__(self, input_size: int, hidden_size: int):
+    def __init__(self, input_size: int, hidden_size: int, grad_clip: float | None = None):
         super().__init__()
         self.hidden_size = hidden_size
+        self.grad_clip = grad_clip
         self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
         self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
         self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size))
@@ -110,13 +118,25 @@ class PeepholeLSTM(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
         """``x`` (N, L, H_in), ``lengths`` (N,) -> state at the last valid step (N, H)."""
-        x = x.transpose(0, 1)
+        # Longest first, the valid samples of each step are the leading rows, and the
+        # recurrence computes only those (batch_sizes), as the Phased LSTM layer does.
+        order = torch.argsort(lengths, descending=True, stable=True)
+        x, lengths = x[order].transpose(0, 1), lengths[order]
         gates_x = F.linear(x, self.weight_ih, self.bias_ih + self.bias_hh)
-        k = step_mask(lengths, x.shape[0]).to(x.dtype).unsqueeze(-1)
-        k = k.expand(-1, -1, self.hidden_size)
+        mask = step_mask(lengths, x.shape[0])
+        k = mask.to(x.dtype).unsqueeze(-1).expand(-1, -1, self.hidden_size)
         h0 = x.new_zeros(x.shape[1], self.hidden_size)
-        _, h_n, _ = recurrence(gates_x, k, self.weight_hh, self.weight_ch, h0, h0)
-        return h_n
+        _, h_n, _ = recurrence(
+            gates_x,
+            k,
+            self.weight_hh,
+            self.weight_ch,
+            h0,
+            h0,
+            grad_clip=self.grad_clip,
+            batch_sizes=mask.sum(1).cpu(),
+        )
+        return h_n[torch.argsort(order)]
 
 
 class MaskedBatchNorm(nn.Module):
@@ -159,7 +179,7 @@ class LSTMEncoder(nn.Module):
         features = spec.input_size + int(spec.time_as_input)
         self.time_as_input = spec.time_as_input
         self.input_norm = MaskedBatchNorm(features) if input_norm else None
-        self.rnn = PeepholeLSTM(features, spec.hidden_size)
+        self.rnn = PeepholeLSTM(features, spec.hidden_size, spec.grad_clip)
 
     def forward(self, values: Tensor, times: Tensor, lengths: Tensor) -> Tensor:
         x = baseline_input(values, times, self.time_as_input)
@@ -256,9 +276,12 @@ class RecurrentBNLSTM(nn.Module):
     statistics, so in eval mode a sample's result does not depend on its batch.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, max_steps: int):
+    def __init__(
+        self, input_size: int, hidden_size: int, max_steps: int, grad_clip: float | None = None
+    ):
         super().__init__()
         self.hidden_size = hidden_size
+        self.grad_clip = grad_clip
         self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
         self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
         self.bias = nn.Parameter(torch.empty(4 * hidden_size))
@@ -277,12 +300,22 @@ class RecurrentBNLSTM(nn.Module):
         mask = step_mask(lengths, x.shape[0])
         gates_x = self.norm_x(F.linear(x, self.weight_ih), mask) + self.bias
         h = c = x.new_zeros(x.shape[1], self.hidden_size)
+        clamp = None
+        if self.grad_clip is not None:
+            bound = self.grad_clip
+
+            def clamp(grad: Tensor) -> Tensor:  # the gate gradient, as the other LSTMs clip it
+                return grad.clamp(-bound, bound)
+
         # unbind, not gates_x[step]: the backward of an index writes a full-size gradient per
         # step, which makes the loop quadratic in the sequence length.
         for step, (gates_xt, valid_t) in enumerate(zip(gates_x.unbind(0), mask, strict=True)):
             valid = valid_t.unsqueeze(0)
             gates_h = self.norm_h(F.linear(h, self.weight_hh).unsqueeze(0), valid, step)[0]
-            i, f, g, o = (gates_xt + gates_h).chunk(4, dim=-1)
+            gates = gates_xt + gates_h
+            if clamp is not None and gates.requires_grad:
+                gates.register_hook(clamp)
+            i, f, g, o = gates.chunk(4, dim=-1)
             c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             c_norm = self.norm_c(c_new.unsqueeze(0), valid, step)[0]
             h_new = torch.sigmoid(o) * torch.tanh(c_norm)
@@ -296,7 +329,7 @@ class RecurrentBNLSTMEncoder(nn.Module):
         super().__init__()
         self.time_as_input = spec.time_as_input
         features = spec.input_size + int(spec.time_as_input)
-        self.rnn = RecurrentBNLSTM(features, spec.hidden_size, spec.max_steps)
+        self.rnn = RecurrentBNLSTM(features, spec.hidden_size, spec.max_steps, spec.grad_clip)
 
     def forward(self, values: Tensor, times: Tensor, lengths: Tensor) -> Tensor:
         return self.rnn(baseline_input(values, times, self.time_as_input), lengths)

@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from .config import ADDING_PERIOD_RANGES, CONDITIONS, ExperimentConfig
-from .models import MODEL_NAMES
+from .models import GATE_CLIP_MODELS, MODEL_NAMES
 from .runner import pending_runs, write_atomic
 
 # Paper fig. 3d, test accuracy (%) after 70 epochs, and the authors' later rerun (PAPER.md).
@@ -185,10 +185,7 @@ def _protocol_lines(
         f"- {config.epochs} epochs of {_samples_text(config)} fresh training examples, "
         f"{config.test_samples} fixed test examples, batch {config.batch_size}, "
         f"Adam lr {config.learning_rate:g}, {config.hidden_size} units",
-        f"- gradient clipping: every parameter gradient clipped by value at "
-        f"{config.gradient_clip:g} (Lightning's `gradient_clip_val`, algorithm `value`); the "
-        f"authors clip the gradient of the gate pre-activations at ±{config.gradient_clip:g} "
-        "inside the recurrence instead",
+        f"- gradient clipping: {_clip_text(config)}",
         f"- Phased LSTM: {gate}, r_on 0.05 and learned (the authors' code learns all three "
         "time-gate parameters), leak 1e-3 in training, peepholes; every LSTM-family model starts "
         "from the authors' Lasagne initialisation (weights N(0, 0.1), input-gate bias -0.1); "
@@ -206,6 +203,27 @@ def _protocol_lines(
 
 def _finished(config: ExperimentConfig, results: dict) -> int:
     return len(config.runs()) - len(pending_runs(config, results))
+
+
+def _clip_text(config: ExperimentConfig) -> str:
+    bound = f"{config.gradient_clip:g}"
+    if config.gradient_clip_mode == "gates":
+        text = (
+            f"the gradient of the gate pre-activations clipped at ±{bound} inside the recurrence, "
+            "as in the authors' code (Lasagne's `grad_clipping`)"
+        )
+        others = [m for m in config.models if m not in GATE_CLIP_MODELS]
+        if others:
+            text += (
+                f"; {', '.join(others)} (no such gates): every parameter gradient clipped by "
+                f"value at {bound}"
+            )
+        return text
+    return (
+        f"every parameter gradient clipped by value at {bound} (Lightning's "
+        f"`gradient_clip_val`, algorithm `value`); the authors clip the gradient of the gate "
+        f"pre-activations at ±{bound} inside the recurrence instead"
+    )
 
 
 def _samples_text(config: ExperimentConfig) -> str:

@@ -29,7 +29,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from .config import PROTOCOL_FIELDS, ExperimentConfig, model_spec
+from .config import PROTOCOL_FIELDS, ExperimentConfig, model_spec, parameter_clip
 from .training import TaskData, TaskModule
 
 RESULTS_VERSION = 1
@@ -178,6 +178,7 @@ class EpochCheckpoint(Checkpoint):
 
 def make_trainer(
     config: ExperimentConfig,
+    model: str,
     *,
     max_epochs: int,
     run_dir: Path | None = None,
@@ -185,8 +186,9 @@ def make_trainer(
     callbacks: list[Callback] | None = None,
     **overrides,
 ) -> L.Trainer:
-    """A Trainer with the experiment's protocol and the user's device options."""
+    """A Trainer with the experiment's protocol for ``model`` and the user's device options."""
     options = config.trainer
+    clip = parameter_clip(config, model)
     callbacks = list(callbacks or [])
     loggers: list = []
     if run_dir is not None:
@@ -200,10 +202,8 @@ def make_trainer(
         devices=_devices(options.devices),
         num_nodes=options.num_nodes,
         strategy=options.strategy,
-        # The authors clip inside the recurrence (the gate pre-activations' gradient at +-10);
-        # Lightning clips the parameters' gradients by value at the same threshold.
-        gradient_clip_val=config.gradient_clip,
-        gradient_clip_algorithm="value",
+        gradient_clip_val=clip,
+        gradient_clip_algorithm="value" if clip is not None else None,
         reload_dataloaders_every_n_epochs=1,
         num_sanity_val_steps=0,
         callbacks=callbacks,
@@ -255,7 +255,11 @@ def train_run(
         # One line per epoch instead of the bar: what logs and side-by-side jobs can keep.
         module.epoch_line_prefix = f"[{name}] "
     trainer = make_trainer(
-        config, max_epochs=config.epochs, run_dir=run_dir, tensorboard_dir=out / "tensorboard"
+        config,
+        model,
+        max_epochs=config.epochs,
+        run_dir=run_dir,
+        tensorboard_dir=out / "tensorboard",
     )
     interrupted = ExperimentError(
         f"interrupted during {name}; rerun the same command with --resume to continue"
