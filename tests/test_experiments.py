@@ -1,5 +1,6 @@
 """The experiment package: baselines, batch norms, the CLI end to end, resume, DDP, errors."""
 
+import copy
 import dataclasses
 import json
 import signal
@@ -13,6 +14,7 @@ import torch
 
 pytest.importorskip("lightning")
 
+from phased_lstm import PhasedLSTM  # noqa: E402
 from phased_lstm.data import frequency_task  # noqa: E402
 from phased_lstm_experiments.cli import main  # noqa: E402
 from phased_lstm_experiments.config import (  # noqa: E402
@@ -29,6 +31,7 @@ from phased_lstm_experiments.models import (  # noqa: E402
     build_model,
     step_mask,
 )
+from phased_lstm_experiments.optim import TimeGateAdam  # noqa: E402
 
 SPEC = ModelSpec(input_size=1, num_outputs=2, classify=True, hidden_size=12, max_steps=40)
 TINY = ["--epochs", "1", "--samples-per-epoch", "32", "--test-samples", "32"]
@@ -200,8 +203,9 @@ def test_parameter_clipping_only_where_the_recurrence_does_not_clip():
     assert model_spec(config, "plstm", "async").grad_clip is None
     # A folder written before the mode existed was trained with parameter clipping.
     old = config.to_dict()
-    del old["gradient_clip_mode"]
+    del old["gradient_clip_mode"], old["time_gate_adam"]
     assert ExperimentConfig.from_dict(old).gradient_clip_mode == "value"
+    assert ExperimentConfig.from_dict(old).time_gate_adam == "stored"
 
 
 # The command line -------------------------------------------------------------------------
@@ -244,7 +248,8 @@ def test_cli_end_to_end(tmp_path, capsys):
     markdown = (out / "results.md").read_text()
     assert "99.2 (99.3)" in markdown and "63.1 (69.0)" in markdown
     assert "clipped at ±10 inside the recurrence" in markdown  # the authors' clipping, default
-    assert config["gradient_clip_mode"] == "gates"
+    assert config["gradient_clip_mode"] == "gates" and config["time_gate_adam"] == "direct"
+    assert "period and r_on in their own units" in markdown
     assert len((out / "metrics.csv").read_text().splitlines()) == 1 + 4
     assert (out / "runs" / "plstm-async-seed1" / "checkpoints" / "last.ckpt").exists()
     assert not list(out.rglob("*.tmp"))  # atomic writes leave no temporary file
@@ -263,10 +268,12 @@ def test_cli_adding_and_freq2(tmp_path):
     assert (out / "adding_mse.png").exists()
     assert "exp(U(6, 8))" in (out / "results.md").read_text()
     out2 = tmp_path / "freq2"
-    clip_args = ["--gradient-clip-mode", "value"]
+    clip_args = ["--gradient-clip-mode", "value", "--time-gate-adam", "stored"]
     run_cli("freq2", "--models", "plstm", *clip_args, *TINY, "--out", str(out2))
     assert list(read_results(out2)["runs"]) == ["plstm-async-seed1"]
-    assert "every parameter gradient clipped by value at 10" in (out2 / "results.md").read_text()
+    markdown = (out2 / "results.md").read_text()
+    assert "every parameter gradient clipped by value at 10" in markdown
+    assert "plain Adam on the stored log period" in markdown
 
 
 def test_resume_continues_an_interrupted_run(tmp_path):
@@ -485,3 +492,32 @@ def test_frequency_task_feeds_the_models():
     for name in ("plstm", "lstm", "bnlstm-input", "bnlstm"):
         logits = build_model(name, SPEC)(values, times, lengths)
         assert logits.shape == (4, 2)
+
+
+def test_time_gate_adam_steps_period_and_r_on_in_their_own_units():
+    # Adam's first step moves every parameter by lr * sign(gradient) (its moments are the
+    # gradient and its square). TimeGateAdam takes that step on the period and on r_on, as the
+    # authors' code did; every other parameter moves as under torch.optim.Adam.
+    torch.manual_seed(0)
+    layer = PhasedLSTM(1, 6, r_on=0.05, learn_r_on=True, leak=0.05).double()
+    reference = copy.deepcopy(layer)
+    lr = 1e-2
+    values, times, lengths = padded_batch()
+    for model in (layer, reference):
+        out, _ = model(values.double().transpose(0, 1), times.t(), lengths=lengths)
+        out.pow(2).sum().backward()
+    period, r_on = layer.period_l0.detach().clone(), layer.r_on_l0.detach().clone()
+    grads = {name: p.grad.clone() for name, p in layer.named_parameters()}
+    TimeGateAdam(layer.named_parameters(), lr=lr).step()
+    torch.optim.Adam(reference.parameters(), lr=lr).step()
+    # The gradient in the direct units, and Adam's first step lr * g / (|g| + eps).
+    for now, before, grad in (
+        (layer.period_l0, period, grads["log_period_l0"] / period),
+        (layer.r_on_l0, r_on, grads["logit_r_on_l0"] / (r_on * (1 - r_on))),
+    ):
+        torch.testing.assert_close(now, before - lr * grad / (grad.abs() + 1e-8))
+    for name, param in layer.named_parameters():
+        if not name.startswith(("log_period", "logit_r_on")):
+            torch.testing.assert_close(param, getattr(reference, name), msg=name)
+    # On the stored values the same step is relative: the period would move by lr * period.
+    assert not torch.allclose(layer.period_l0, reference.period_l0)

@@ -20,6 +20,7 @@ from .config import (
     GRADIENT_CLIP_MODES,
     MODEL_NAMES,
     PRESETS,
+    TIME_GATE_ADAM_MODES,
     ExperimentConfig,
     TrainerOptions,
     preset_config,
@@ -113,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
         "recurrence, as the authors' code; value: clip every parameter gradient at 10 instead",
     )
     reproduce.add_argument(
+        "--time-gate-adam",
+        choices=TIME_GATE_ADAM_MODES,
+        help="direct (default): Adam steps the Phased LSTM's period and r_on in their own units, "
+        "as the authors' code; stored: plain Adam on the stored log period and logit r_on",
+    )
+    reproduce.add_argument(
         "--out", type=Path, help="output folder (default runs/EXPERIMENT-PRESET)"
     )
     reproduce.add_argument(
@@ -165,6 +172,7 @@ def resolve_config(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         ("test_samples", "test_samples"),
         ("batch_size", "batch_size"),
         ("gradient_clip_mode", "gradient_clip_mode"),
+        ("time_gate_adam", "time_gate_adam"),
         ("threads", "threads"),
     ):
         value = getattr(args, option)

@@ -20,6 +20,10 @@ PRESETS = ("quick", "paper")
 # authors' Lasagne code did (models without such gates, CfC, clip their parameter gradients);
 # "value": every parameter gradient is clipped by value after backpropagation (Lightning's).
 GRADIENT_CLIP_MODES = ("gates", "value")
+# "direct": Adam steps the Phased LSTM's period and r_on in their own units, as the authors' code
+# did (phased_lstm_experiments.optim.TimeGateAdam); "stored": plain Adam on the layer's stored
+# log_period and logit_r_on, whose steps are relative (r_on then learns ~20x slower).
+TIME_GATE_ADAM_MODES = ("direct", "stored")
 
 # The adding task compares Phased LSTMs initialised with these period ranges, tau = exp(U(a, b))
 # in steps (fig. 4); each is a "condition" of the plstm model. The baselines run once.
@@ -53,6 +57,7 @@ PROTOCOL_FIELDS = (
     "learning_rate",
     "gradient_clip",
     "gradient_clip_mode",
+    "time_gate_adam",
     "hidden_size",
 )
 
@@ -91,6 +96,7 @@ class ExperimentConfig:
     learning_rate: float = 1e-3
     gradient_clip: float = 10.0
     gradient_clip_mode: str = "gates"
+    time_gate_adam: str = "direct"
     hidden_size: int = 110
     condition_samples: dict[str, int] = field(default_factory=dict)
     threads: int = 0
@@ -104,6 +110,7 @@ class ExperimentConfig:
         data = dict(data)
         # Folders written before the mode existed were trained with parameter clipping.
         data.setdefault("gradient_clip_mode", "value")
+        data.setdefault("time_gate_adam", "stored")
         data["trainer"] = TrainerOptions(**data.get("trainer", {}))
         return cls(**data)
 
@@ -218,6 +225,7 @@ __all__ = [
     "CONDITIONS",
     "EXPERIMENTS",
     "GRADIENT_CLIP_MODES",
+    "TIME_GATE_ADAM_MODES",
     "MODEL_NAMES",
     "PRESETS",
     "PROTOCOL_FIELDS",

@@ -230,7 +230,9 @@ def build_run(config: ExperimentConfig, model: str, condition: str, seed: int):
     """The seeded LightningModule and DataModule of one run."""
     L.seed_everything(seed, workers=True, verbose=False)
     spec = model_spec(config, model, condition)
-    module = TaskModule(model, dataclasses.asdict(spec), config.learning_rate)
+    module = TaskModule(
+        model, dataclasses.asdict(spec), config.learning_rate, config.time_gate_adam
+    )
     data = TaskData(
         config.experiment,
         condition,

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from phased_lstm.data import adding_task, frequency_task, two_frequency_task
 
 from .models import ModelSpec, build_model
+from .optim import TimeGateAdam
 
 _TRAIN_STREAM, _TEST_STREAM = 0, 1
 
@@ -87,12 +88,15 @@ class TaskModule(L.LightningModule):
     wall time so far. The test set is Lightning's validation loop, run after every epoch.
     """
 
-    def __init__(self, model: str, spec: dict, learning_rate: float):
+    def __init__(
+        self, model: str, spec: dict, learning_rate: float, time_gate_adam: str = "direct"
+    ):
         super().__init__()
         self.save_hyperparameters()
         self.spec = ModelSpec(**spec)
         self.model = build_model(model, self.spec)
         self.learning_rate = learning_rate
+        self.time_gate_adam = time_gate_adam
         self.history: list[dict] = []
         self._sums: dict[str, Tensor] = {}
         self._epoch_start = 0.0
@@ -104,6 +108,8 @@ class TaskModule(L.LightningModule):
         return self.model(values, times, lengths)
 
     def configure_optimizers(self):
+        if self.time_gate_adam == "direct":
+            return TimeGateAdam(self.named_parameters(), lr=self.learning_rate)
         return torch.optim.Adam(self.parameters(), lr=self.learning_rate)
 
     def _step(self, batch, stage: str) -> Tensor:
