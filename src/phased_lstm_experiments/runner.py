@@ -170,9 +170,16 @@ class EpochCheckpoint(Checkpoint):
         if trainer.is_global_zero:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         # Every rank calls save_checkpoint (it gathers state); rank zero writes the file.
-        trainer.save_checkpoint(partial)
-        if trainer.is_global_zero:
-            os.replace(partial, self.path)
+        try:
+            trainer.save_checkpoint(partial)
+            if trainer.is_global_zero:
+                os.replace(partial, self.path)
+        except BaseException:
+            # An interruption (SIGTERM, Ctrl-C) in the middle of the write: the previous
+            # checkpoint is intact, and the half-written one must not be left beside it.
+            if trainer.is_global_zero:
+                partial.unlink(missing_ok=True)
+            raise
         trainer.strategy.barrier("phased_lstm.epoch_checkpoint")
 
 
