@@ -193,8 +193,10 @@ def test_gate_gradient_clipping_reaches_the_recurrence(name):
 
 
 def test_parameter_clipping_only_where_the_recurrence_does_not_clip():
-    config = preset_config("freq", "quick")
-    assert config.gradient_clip_mode == "gates"
+    paper = preset_config("freq", "paper")
+    assert paper.gradient_clip_mode == "gates" and paper.time_gate_adam == "direct"
+    assert preset_config("freq", "quick").gradient_clip_mode == "value"
+    config = paper
     assert parameter_clip(config, "plstm") is None and parameter_clip(config, "bnlstm") is None
     assert parameter_clip(config, "cfc") == 10.0  # CfC has no LSTM gates to clip
     assert model_spec(config, "plstm", "async").grad_clip == 10.0
@@ -247,9 +249,10 @@ def test_cli_end_to_end(tmp_path, capsys):
         assert (out / name).stat().st_size > 0, name
     markdown = (out / "results.md").read_text()
     assert "99.2 (99.3)" in markdown and "63.1 (69.0)" in markdown
-    assert "clipped at ±10 inside the recurrence" in markdown  # the authors' clipping, default
-    assert config["gradient_clip_mode"] == "gates" and config["time_gate_adam"] == "direct"
-    assert "period and r_on in their own units" in markdown
+    # The quick preset's protocol; the paper preset's is the authors' (gates, direct).
+    assert config["gradient_clip_mode"] == "value" and config["time_gate_adam"] == "stored"
+    assert "clipped by value at 10" in markdown
+    assert "plain Adam on the stored log period" in markdown
     assert len((out / "metrics.csv").read_text().splitlines()) == 1 + 4
     assert (out / "runs" / "plstm-async-seed1" / "checkpoints" / "last.ckpt").exists()
     assert not list(out.rglob("*.tmp"))  # atomic writes leave no temporary file
@@ -268,12 +271,12 @@ def test_cli_adding_and_freq2(tmp_path):
     assert (out / "adding_mse.png").exists()
     assert "exp(U(6, 8))" in (out / "results.md").read_text()
     out2 = tmp_path / "freq2"
-    clip_args = ["--gradient-clip-mode", "value", "--time-gate-adam", "stored"]
+    clip_args = ["--gradient-clip-mode", "gates", "--time-gate-adam", "direct"]
     run_cli("freq2", "--models", "plstm", *clip_args, *TINY, "--out", str(out2))
     assert list(read_results(out2)["runs"]) == ["plstm-async-seed1"]
     markdown = (out2 / "results.md").read_text()
-    assert "every parameter gradient clipped by value at 10" in markdown
-    assert "plain Adam on the stored log period" in markdown
+    assert "clipped at ±10 inside the recurrence" in markdown
+    assert "period and r_on in their own units" in markdown
 
 
 def test_resume_continues_an_interrupted_run(tmp_path):

@@ -110,14 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument(
         "--gradient-clip-mode",
         choices=GRADIENT_CLIP_MODES,
-        help="gates (default): clip the gradient of the gate pre-activations at 10 inside the "
-        "recurrence, as the authors' code; value: clip every parameter gradient at 10 instead",
+        help="gates: clip the gradient of the gate pre-activations at 10 inside the recurrence, "
+        "as the authors' code (the paper preset's); value: clip every parameter gradient at 10 "
+        "instead (the quick preset's)",
     )
     reproduce.add_argument(
         "--time-gate-adam",
         choices=TIME_GATE_ADAM_MODES,
-        help="direct (default): Adam steps the Phased LSTM's period and r_on in their own units, "
-        "as the authors' code; stored: plain Adam on the stored log period and logit r_on",
+        help="direct: Adam steps the Phased LSTM's period and r_on in their own units, as the "
+        "authors' code (the paper preset's); stored: plain Adam on the stored log period and "
+        "logit r_on (the quick preset's)",
     )
     reproduce.add_argument(
         "--out", type=Path, help="output folder (default runs/EXPERIMENT-PRESET)"

@@ -216,6 +216,13 @@ def preset_config(experiment: str, preset: str) -> ExperimentConfig:
         models=["plstm", "lstm", "bnlstm-input"] if experiment != "adding" else ["plstm", "lstm"],
         conditions=conditions,
         seeds=[1],
+        # Not the authors' clipping and Adam steps (the paper preset's): this short protocol
+        # stops the high-resolution run after 800 batches, where its test accuracy still swings
+        # by 10-30 points from epoch to epoch. Seed 1 after epoch 10: 94.6% with these
+        # settings; 82.2% with clipping inside the recurrence, 85.2% with direct Adam steps,
+        # 54.8% with both (docs/reproduction.md).
+        gradient_clip_mode="value",
+        time_gate_adam="stored",
         **quick,
     )
 
