@@ -6,7 +6,9 @@ direction, on CPU float32/float64 tensors.
 * ``"fused"``: forward and a hand-written backward (BPTT). The forward keeps only what the
   backward needs, the gate activations and the cell state of every step; the backward does one
   matrix product per step and the gradient of ``weight_hh`` as one product over all steps. It is
-  first-order only: for double backward use ``backend="reference"``.
+  first-order only: for double backward use ``backend="reference"``. With ``batch_sizes`` (a
+  batch sorted by length, longest first) each step computes only its valid rows: the matrix
+  products shrink to them and the padding rows are copied, so padding costs no arithmetic.
 * ``"sparse"``: inference without gradients. A neuron whose time gate is exactly closed
   (``k == 0``: eval mode, where the leak is 0, or padding) is not computed at all: no row of
   ``weight_hh`` is read, no nonlinearity evaluated, and its ``h`` and ``c`` are kept bit for
