@@ -575,18 +575,21 @@ class PhasedLSTM(_GateParameters):
         _checks.check_finite_times(times)
         h0, c0 = self._initial_state(hx, x, unbatched)
 
-        order = _longest_first(lengths, length)
+        order, batch_sizes = _padding_order(lengths, length)
         if order is None:
-            output, h_n, c_n = self._forward_time_major(x, times, mask, lengths, h0, c0)
+            output, h_n, c_n = self._forward_time_major(
+                x, times, mask, lengths, h0, c0, batch_sizes
+            )
         else:
             # Sorted by length, longest first, the valid samples of every step are the leading
-            # rows, and the recurrence computes only those (batch_sizes); padding costs nothing.
+            # rows, and the recurrence computes only those (batch_sizes).
             # index_select, not x[:, order]: the backward of advanced indexing is an
             # accumulating index_put, several times slower than index_select's index_add.
             output, h_n, c_n = self._forward_time_major(
                 *(t.index_select(1, order) for t in (x, times, mask)),
                 lengths.index_select(0, order),
                 *(t.index_select(1, order) for t in (h0, c0)),
+                batch_sizes,
             )
             restore = torch.argsort(order)
             output, h_n, c_n = (t.index_select(1, restore) for t in (output, h_n, c_n))
@@ -599,12 +602,7 @@ class PhasedLSTM(_GateParameters):
             output = output.transpose(0, 1)
         return output, (h_n, c_n)
 
-    def _forward_time_major(self, x, times, mask, lengths, h0, c0):
-        batch_sizes = None
-        if lengths is not None and bool((lengths < x.shape[0]).any()):
-            batch_sizes = mask.sum(1).cpu()
-            if bool((batch_sizes[1:] > batch_sizes[:-1]).any()):
-                batch_sizes = None  # not sorted by length: padding rows are held through k = 0
+    def _forward_time_major(self, x, times, mask, lengths, h0, c0, batch_sizes):
         reverse_index = None
         if self.bidirectional:
             reverse_index = _reverse_index(x.shape[0], x.shape[1], lengths, x.device)
@@ -732,15 +730,18 @@ class PhasedLSTM(_GateParameters):
         return total / count
 
 
-def _longest_first(lengths: Tensor | None, length: int) -> Tensor | None:
-    """The batch order that sorts ``lengths`` longest first, or ``None`` when there is no
-    padding to skip or the batch is in that order already."""
-    if lengths is None or lengths.numel() < 2 or not bool((lengths < length).any()):
-        return None
+def _padding_order(lengths: Tensor | None, length: int) -> tuple[Tensor | None, Tensor | None]:
+    """``(order, batch_sizes)`` for a batch with padding: the order that sorts ``lengths``
+    longest first (``None`` when the batch is in that order already) and the number of valid
+    samples at each step once sorted; ``(None, None)`` when there is no padding to skip."""
+    if lengths is None or not bool((lengths < length).any()):
+        return None, None
     order = torch.argsort(lengths, descending=True, stable=True)
+    steps = torch.arange(length).unsqueeze(1)
+    batch_sizes = (steps < lengths.index_select(0, order).cpu()).sum(1)
     if bool((order == torch.arange(order.numel(), device=order.device)).all()):
-        return None
-    return order
+        order = None
+    return order, batch_sizes
 
 
 def _same_optional(a: Tensor | None, b: Tensor | None) -> bool:

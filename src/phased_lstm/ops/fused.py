@@ -7,8 +7,9 @@ direction, on CPU float32/float64 tensors.
   backward needs, the gate activations and the cell state of every step; the backward does one
   matrix product per step and the gradient of ``weight_hh`` as one product over all steps. It is
   first-order only: for double backward use ``backend="reference"``. With ``batch_sizes`` (a
-  batch sorted by length, longest first) each step computes only its valid rows: the matrix
-  products shrink to them and the padding rows are copied, so padding costs no arithmetic.
+  batch sorted by length, longest first) each step computes only its valid rows: the step's
+  matrix products and elementwise work shrink to them and the padding rows are copied (the
+  gradient of ``weight_hh`` stays one product over all rows, zeros included).
 * ``"sparse"``: inference without gradients. A neuron whose time gate is exactly closed
   (``k == 0``: eval mode, where the leak is 0, or padding) is not computed at all: no row of
   ``weight_hh`` is read, no nonlinearity evaluated, and its ``h`` and ``c`` are kept bit for
@@ -45,7 +46,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .reference import reference_recurrence
+from .reference import reference_recurrence, valid_rows_of
 
 _SOURCES = [Path(__file__).with_name("csrc") / name for name in ("recurrence.cpp", "time_gate.cpp")]
 _FIX = (
@@ -236,8 +237,7 @@ def _held_padding(tensors, batch_sizes):
     if batch_sizes is None:
         return tensors
     gates_x, k, *rest = tensors
-    rows = torch.arange(k.shape[1])
-    valid = (rows < batch_sizes.unsqueeze(1)).unsqueeze(-1)
+    valid = valid_rows_of(batch_sizes, gates_x)
     return (gates_x, torch.where(valid, k, torch.zeros((), dtype=k.dtype)), *rest)
 
 

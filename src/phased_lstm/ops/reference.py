@@ -31,6 +31,13 @@ class _ClipGradient(torch.autograd.Function):
         return grad.clamp(-ctx.clip, ctx.clip), None
 
 
+def valid_rows_of(batch_sizes: Tensor, gates_x: Tensor) -> Tensor:
+    """(L, N, 1) bool on the device of ``gates_x``: True for the rows that step t computes (the
+    first ``batch_sizes[t]``); the other rows are padding and hold their state."""
+    rows = torch.arange(gates_x.shape[1], device=gates_x.device)
+    return (rows < batch_sizes.to(gates_x.device).unsqueeze(1)).unsqueeze(-1)
+
+
 def reference_recurrence(
     gates_x: Tensor,
     k: Tensor,
@@ -50,11 +57,7 @@ def reference_recurrence(
         w_ci, w_cf, w_co = weight_ch.chunk(3)
     h, c = h0, c0
     hs = []
-    valid_rows = None
-    if batch_sizes is not None:
-        # (L, N, 1): True for the rows each step computes; the others hold their state.
-        rows = torch.arange(gates_x.shape[1], device=gates_x.device)
-        valid_rows = (rows < batch_sizes.to(gates_x.device).unsqueeze(1)).unsqueeze(-1)
+    valid_rows = None if batch_sizes is None else valid_rows_of(batch_sizes, gates_x)
     # unbind, not gates_x[step]: the backward of an index writes a full-size gradient per step,
     # which would make the loop quadratic in the sequence length.
     for step, (gates_xt, kt) in enumerate(zip(gates_x.unbind(0), k.unbind(0), strict=True)):
