@@ -107,8 +107,10 @@ def test_gate_periodic(t, log2_period, shift, r_on, cycles):
     period = 2.0**log2_period
     x = t - shift
     phase = (x - period * math.floor(x / period)) / period
-    # The gate jumps from leak to 0 where the phase wraps: rounding may fall on either side.
+    # The gate jumps where the phase wraps (leak * phase to 0) and where it closes (0 to
+    # leak * r_on at phase = r_on): rounding may fall on either side of both.
     assume(1e-6 < phase < 1 - 1e-6)
+    assume(abs(phase - r_on) > 1e-6)
     a = gate1(t, period, shift, r_on, 1e-3)
     b = gate1(t + cycles * period, period, shift, r_on, 1e-3)
     assert a == pytest.approx(b, abs=1e-6)
