@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import phased_lstm.data
+import phased_lstm.data.synthetic
 from phased_lstm.data import FREQUENCY_CONDITIONS, adding_task, frequency_task, two_frequency_task
 
 
@@ -33,7 +33,7 @@ def estimated_periods(values, times, lengths):
 
 
 def test_docstring_examples():
-    result = doctest.testmod(phased_lstm.data, optionflags=doctest.ELLIPSIS)
+    result = doctest.testmod(phased_lstm.data.synthetic, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
 
 

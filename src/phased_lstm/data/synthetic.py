@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import check_positive_int
+from .._checks import check_positive_int
 
 FREQUENCY_CONDITIONS = ("standard", "highres", "async")
 
