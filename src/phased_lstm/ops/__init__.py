@@ -4,11 +4,14 @@ Modules compute the input projection and the time gate of all steps outside the 
 the recurrence to :func:`recurrence`; a backend is a function with exactly its signature.
 
 Backends: ``"reference"`` (a readable autograd loop, any device and dtype, any order of
-gradients), ``"fused"`` (C++ forward and hand-written backward, CPU) and ``"sparse"`` (C++
+gradients), ``"fused"`` (C++ forward and hand-written backward, CPU), ``"sparse"`` (C++
 inference that skips neurons whose time gate is closed, CPU, no gradients); see
-:mod:`phased_lstm.ops.fused`. ``"auto"`` takes ``"fused"`` when a gradient is needed and
-``"sparse"`` when none is, for CPU float32/float64 inputs once the kernels are built, and the
-reference otherwise; the compiled backends agree with the reference to float rounding.
+:mod:`phased_lstm.ops.fused`; and ``"triton"`` (GPU kernels with the time loop inside, forward,
+backward and inference, float32/float64 and bfloat16/float16 with float32 state; needs the
+optional Triton); see :mod:`phased_lstm.ops.triton_backend`. ``"auto"`` takes ``"triton"`` for
+CUDA tensors when Triton imports; on the CPU ``"fused"`` when a gradient is needed and
+``"sparse"`` when none is, for float32/float64 inputs once the kernels are built; and the
+reference otherwise. The compiled backends agree with the reference to float rounding.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from collections.abc import Callable
 from torch import Tensor
 
 from .. import _checks
-from . import fused
+from . import fused, triton_backend
 from .fused import fused_recurrence, sparse_recurrence
 from .reference import reference_recurrence
+from .triton_backend import triton_recurrence
 
 RecurrenceFn = Callable[..., tuple[Tensor, Tensor, Tensor]]
 
@@ -30,6 +34,7 @@ _BACKENDS: dict[str, RecurrenceFn] = {
     "reference": reference_recurrence,
     "fused": fused_recurrence,
     "sparse": sparse_recurrence,
+    "triton": triton_recurrence,
 }
 
 
@@ -48,6 +53,8 @@ def check_backend(backend: object) -> str:
 def _resolve(backend: str, tensors: tuple[Tensor | None, ...]) -> RecurrenceFn:
     if backend != "auto":
         return _BACKENDS[check_backend(backend)]
+    if triton_backend.auto_usable(tensors):
+        return triton_recurrence
     if fused.unsupported(*tensors) is not None or not fused.kernels_available(warn=True):
         return reference_recurrence
     return fused_recurrence if fused.needs_grad(*tensors) else sparse_recurrence
@@ -103,4 +110,5 @@ __all__ = [
     "recurrence",
     "reference_recurrence",
     "sparse_recurrence",
+    "triton_recurrence",
 ]

@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..functional import time_gate
-from . import fused
+from . import fused, triton_backend
 
 f64 = torch.float64
 
@@ -52,9 +52,12 @@ def sequence_gate(
     """k of shape ``(*times.shape, H)`` in ``dtype``, zero where ``valid`` is False.
 
     Every backend but ``"reference"`` uses the kernel once it is built (``"auto"`` warns once if
-    it cannot be; an explicit compiled backend raises in the recurrence right after). Timestamps
-    that need a gradient take the autograd path, which differentiates with respect to them too.
+    it cannot be; an explicit compiled backend raises in the recurrence right after); on a GPU,
+    ``"auto"`` and ``"triton"`` use the Triton kernel. Timestamps that need a gradient take the
+    autograd path, which differentiates with respect to them too.
     """
+    if triton_backend.gate_usable(times, dtype, backend):
+        return triton_backend.sequence_gate(times, period, shift, r_on, leak, valid, dtype)
     compiled = (
         backend != "reference"
         and times.device.type == "cpu"

@@ -1,0 +1,152 @@
+"""The ``"triton"`` backend's entry points: when it can run, why not, and its lazy loading.
+
+Triton is optional (``pip install 'phased-lstm[gpu]'``) and imported on the first call that needs
+it, never by ``import phased_lstm``. The kernels (:mod:`.triton_rnn`, :mod:`.triton_gate`)
+are loaded together on first use, and Triton fixes at that moment, once per process, whether they
+are compiled for the GPU or run by its CPU interpreter (environment variable
+``TRITON_INTERPRET=1``: slow, for testing without a GPU).
+
+``backend="auto"`` takes this backend for CUDA tensors (compute capability 8.0 or newer) when
+Triton imports; an explicit ``backend="triton"`` that cannot run raises and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import sys
+import threading
+
+import torch
+from torch import Tensor
+
+from .reference import reference_recurrence
+
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_FIX_INSTALL = "install Triton (`pip install 'phased-lstm[gpu]'` or `pip install triton`)"
+_FIX_CPU = (
+    "on the CPU use backend='fused' or 'auto'; to run the Triton kernels on the CPU in Triton's "
+    "interpreter (slow, for testing), set the environment variable TRITON_INTERPRET=1 in a new "
+    "process before its first use of the backend"
+)
+
+_lock = threading.Lock()
+_import_error: str | None = None
+_imported = False
+
+
+def import_error() -> str | None:
+    """``None`` when Triton imports (tried once), else why it does not."""
+    global _import_error, _imported
+    with _lock:
+        if not _imported:
+            try:
+                import triton  # noqa: F401
+            except Exception as exc:  # any failure just means: no Triton backend
+                _import_error = f"{type(exc).__name__}: {exc}"
+            _imported = True
+    return _import_error
+
+
+def _loaded_kernels():
+    return sys.modules.get(f"{__package__}.triton_rnn")
+
+
+def interpreted() -> bool:
+    """Whether the kernels run in Triton's CPU interpreter: as loaded, or, before they are
+    loaded, as the environment says they would be."""
+    kernels = _loaded_kernels()
+    if kernels is not None:
+        return kernels.INTERPRETED
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on", "y")
+
+
+def _kernels():
+    """The recurrence and gate kernel modules, loaded together so that both are compiled or
+    both interpreted."""
+    error = import_error()
+    if error is not None:
+        raise RuntimeError(
+            f"backend='triton' needs Triton, which could not be imported ({error}); to fix it, "
+            f"{_FIX_INSTALL}, or use another backend"
+        )
+    gate = importlib.import_module(f"{__package__}.triton_gate")
+    return importlib.import_module(f"{__package__}.triton_rnn"), gate
+
+
+def unsupported(gates_x, k, weight_hh, weight_ch, h0, c0) -> str | None:
+    """Why the Triton kernels cannot take these tensors, or ``None`` when they can."""
+    tensors = [gates_x, k, weight_hh, h0, c0] + ([weight_ch] if weight_ch is not None else [])
+    device = gates_x.device
+    for tensor in tensors:
+        if tensor.device != device:
+            devices = sorted({str(t.device) for t in tensors})
+            return f"its inputs must be on one device, got {', '.join(devices)}"
+        if tensor.dtype != gates_x.dtype or gates_x.dtype not in _DTYPES:
+            dtypes = sorted({str(t.dtype) for t in tensors})
+            return (
+                "it takes float32, float64, bfloat16 or float16 inputs of one dtype, got "
+                + ", ".join(dtypes)
+            )
+    if device.type == "cuda" or (device.type == "cpu" and interpreted()):
+        return None
+    if device.type == "cpu":
+        return f"it runs on CUDA tensors, got CPU tensors; {_FIX_CPU}"
+    return f"it runs on CUDA tensors, got a tensor on {device}"
+
+
+def _fast_gpu(device: torch.device) -> bool:
+    """A CUDA (not ROCm) device that Triton compiles every kernel of this backend for."""
+    return (
+        device.type == "cuda"
+        and torch.version.hip is None
+        and torch.cuda.get_device_capability(device) >= (8, 0)
+        and import_error() is None
+        and not interpreted()
+    )
+
+
+def auto_usable(tensors: tuple[Tensor | None, ...]) -> bool:
+    """Whether ``backend="auto"`` takes this backend for these inputs of :func:`recurrence`."""
+    return _fast_gpu(tensors[0].device) and unsupported(*tensors) is None
+
+
+def triton_recurrence(
+    gates_x, k, weight_hh, weight_ch, h0, c0, grad_clip=math.inf, batch_sizes=None
+):
+    """Backend ``"triton"``; see :func:`phased_lstm.ops.recurrence` for the contract.
+
+    First-order gradients only (like ``"fused"``): use ``backend="reference"`` for double
+    backward.
+    """
+    tensors = (gates_x, k, weight_hh, weight_ch, h0, c0)
+    if import_error() is None:
+        reason = unsupported(*tensors)
+        if reason is not None:
+            raise RuntimeError(f"backend='triton' cannot run these inputs: {reason}")
+    kernels, _ = _kernels()
+    if gates_x.shape[0] == 0 or gates_x.shape[1] == 0:
+        return reference_recurrence(*tensors)
+    tensors = tuple(None if t is None else t.contiguous() for t in tensors)
+    return kernels.recurrence(*tensors, grad_clip, batch_sizes)
+
+
+def gate_usable(times: Tensor, dtype: torch.dtype, backend: str) -> bool:
+    """Whether :func:`phased_lstm.ops.gate.sequence_gate` takes the Triton kernel: for the
+    backends that run the recurrence on it, timestamps that need no gradient, on a GPU (or the
+    CPU under the interpreter when ``"triton"`` is asked for)."""
+    if backend not in ("auto", "triton") or times.requires_grad or dtype not in _DTYPES:
+        return False
+    if times.device.type == "cuda":
+        return _fast_gpu(times.device) or (backend == "triton" and import_error() is None)
+    return backend == "triton" and times.device.type == "cpu" and interpreted()
+
+
+def sequence_gate(times, period, shift, r_on, leak, valid, dtype) -> Tensor:
+    """The Triton time gate; see :func:`phased_lstm.ops.gate.sequence_gate`."""
+    _, gate = _kernels()
+    return gate.sequence_gate(times, period, shift, r_on, leak, valid, dtype)
+
+
+__all__ = ["auto_usable", "gate_usable", "interpreted", "triton_recurrence", "unsupported"]
