@@ -42,7 +42,16 @@ HALF_TOL = 3e-2
 @pytest.mark.skipif(CUDA or INTERPRETING, reason="runs the interpreted tests without a GPU")
 def test_interpreted_kernels_in_a_child_process():
     env = dict(os.environ, TRITON_INTERPRET="1")
-    command = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider"]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        __file__,
+        "-o",
+        "addopts=-q",
+        "-p",
+        "no:cacheprovider",
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
     assert result.returncode == 0 and " passed" in summary, result.stdout[-6000:] + result.stderr

@@ -247,7 +247,7 @@ def _dgates_product(
     return acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["L"])
 def _forward_persistent(
     gx_ptr, k_ptr, w_ptr, wch_ptr, h0_ptr, c0_ptr, h_ptr, c_ptr, acts_ptr, bs_ptr,
     L, N,
@@ -341,7 +341,7 @@ def _forward_persistent(
             c_out = c_ptr + ((t + 1) % 2) * NH
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["L"])
 def _backward_persistent(
     gh_ptr, dh_ptr, dc_ptr, k_ptr, w_ptr, wch_ptr, h0_ptr, c0_ptr, h_ptr, c_ptr, acts_ptr,
     dg_ptr, dk_ptr, pp_ptr, bs_ptr, clip_ptr,
@@ -467,7 +467,7 @@ def _backward_persistent(
         c_t -= NH
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["nb"])
 def _forward_step(
     pre_ptr, gx_ptr, k_ptr, wch_ptr, hp_ptr, cp_ptr, h_ptr, c_ptr, acts_ptr, nb, N,
     H: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr, CT: tl.constexpr,
@@ -509,7 +509,7 @@ def _forward_step(
         tl.store(acts_ptr + gates + 3 * H, o, mask=amask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["nb", "seed_rows"])
 def _backward_step(
     dh_ptr, dc_ptr, gh_ptr, k_ptr, wch_ptr, hp_ptr, cp_ptr, acts_ptr, dg_ptr, dk_ptr,
     dh_out_ptr, dc_out_ptr, pp_ptr, clip_ptr, nb, N, seed_rows,
@@ -689,7 +689,9 @@ def _forward(gates_x, k, weight_hh, weight_ch, h0, c0, batch_sizes, plan, save):
     device = gates_x.device
     h = torch.empty(length, batch, hidden, dtype=ct, device=device)
     c = torch.empty(length if save else 2, batch, hidden, dtype=ct, device=device)
-    acts = torch.empty(length if save else 0, batch, four_h, dtype=ct, device=device)
+    # Without saving, acts is never written: a one-element stand-in (an empty tensor's null
+    # pointer is not something to hand a kernel).
+    acts = torch.empty(length if save else 1, batch, four_h if save else 1, dtype=ct, device=device)
     h0 = h0.to(ct).contiguous()
     c0 = c0.to(ct).contiguous()
     peep = weight_ch is not None
@@ -755,7 +757,7 @@ def _backward(
     bs_end = torch.zeros(1, dtype=torch.int32, device=device)
     wch = weight_ch if peep else h0
     blocks = triton.cdiv(batch, plan.block_rows)
-    pp = torch.zeros(blocks if peep else 0, 3 * hidden, dtype=ct, device=device)
+    pp = torch.zeros(blocks if peep else 1, 3 * hidden, dtype=ct, device=device)
     h0 = h0.to(ct).contiguous()
     c0 = c0.to(ct).contiguous()
     grad_h = grad_h.contiguous()
