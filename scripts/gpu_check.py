@@ -118,51 +118,77 @@ def _describe(plan) -> str:
     )
 
 
-def sweep() -> int:
+PRECISIONS = {"ieee": "highest", "tf32": "high"}
+
+
+def sweep_plans(rnn) -> tuple[list, list]:
+    """What the sweep times: (hidden, label, plan) of the default plans and of the other mode on
+    each side of the threshold (B 32 at H 110 and 512), then other tiles at H 110."""
     from dataclasses import replace
 
+    def plan_of(hidden: int, label: str):
+        torch.set_float32_matmul_precision(PRECISIONS[label])
+        return rnn._plan(32, hidden, torch.float32)
+
+    first, second = [], []
+    for hidden in (110, 512):
+        for label in PRECISIONS:
+            default, persistent = plan_of(hidden, label), plan_of(64, label)
+            first.append((hidden, label, default))
+            if default.stepwise:
+                other = replace(persistent, unroll=False, num_stages=3)
+            else:
+                other = replace(default, stepwise=True, block_rows=16, block_hidden=64)
+            first.append((hidden, label, other))
+    for label in PRECISIONS:
+        default = plan_of(110, label)
+        if label == "tf32":
+            variants = [
+                replace(default, unroll=False, num_stages=3),
+                replace(default, block_rows=8),
+                replace(default, num_warps=4),
+            ]
+        else:
+            variants = [
+                replace(default, unroll=True, num_stages=1),
+                replace(default, block_rows=2),
+                replace(default, block_rows=8),
+                replace(default, block_k=16),
+                replace(default, block_hidden=64),
+                # The broadcast product on the CUDA cores, instead of tl.dot.
+                replace(default, dot=False, block_hidden=128, block_k=8, num_stages=1),
+            ]
+        second += [(110, label, plan) for plan in variants]
+    torch.set_float32_matmul_precision("highest")
+    return first, second
+
+
+def sweep() -> int:
     from phased_lstm.ops import triton_backend
 
     rnn, _ = triton_backend._kernels()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
-    paper, h512 = _Shape("B32 T1000", 1000, 32, 110), _Shape("B32 T500", 500, 32, 512)
+    shapes = {110: _Shape("B32 T1000", 1000, 32, 110), 512: _Shape("B32 T500", 500, 32, 512)}
 
-    def plans(hidden: int, precision: str):
-        torch.set_float32_matmul_precision(precision)
-        return rnn._plan(32, hidden, torch.float32), rnn._plan(32, 64, torch.float32)
-
-    def measure(shape, label, plan):
+    def measure(hidden, label, plan):
+        torch.set_float32_matmul_precision(PRECISIONS[label])
+        shape = shapes[hidden]
         try:
             print(shape.line(rnn, label, plan), flush=True)
         except Exception as exc:  # a plan that does not compile or run is a result too
             print(f"{shape.name:11s} {label:5s} {_describe(plan):40s} | FAILED "
                   f"{type(exc).__name__}: {str(exc)[:200]}", flush=True)  # fmt: skip
+        torch.set_float32_matmul_precision("highest")
 
-    # First the default plans and the other mode on each side of the threshold, then the time
-    # gate and the skipping of closed neurons, then other tiles at the paper's shape.
-    precisions = (("highest", "ieee"), ("high", "tf32"))
-    for shape in (paper, h512):
-        for precision, label in precisions:
-            default, persistent = plans(shape.hidden, precision)
-            measure(shape, label, default)
-            if default.stepwise:
-                measure(shape, label, replace(persistent, unroll=False))
-            else:
-                measure(shape, label, replace(default, stepwise=True, block_rows=16,
-                                              block_hidden=64))  # fmt: skip
-    torch.set_float32_matmul_precision("highest")
+    # The defaults first, then the time gate and the skipping of closed neurons, then other
+    # tiles at the paper's shape: a time-out cuts the least important.
+    first, second = sweep_plans(rnn)
+    for case in first:
+        measure(*case)
     _time_gate()
     _skip_closed(rnn)
-    for precision, label in precisions:
-        default, _ = plans(paper.hidden, precision)
-        variants = [replace(default, unroll=False), replace(default, unroll=False, num_stages=2)]
-        if default.dot:
-            variants += [replace(default, block_k=128), replace(default, num_warps=4)]
-        else:
-            variants += [replace(default, block_rows=2), replace(default, block_rows=8)]
-        for plan in variants:
-            measure(paper, label, plan)
-    torch.set_float32_matmul_precision("highest")
+    for case in second:
+        measure(*case)
     return 0
 
 

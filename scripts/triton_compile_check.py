@@ -1,6 +1,6 @@
 """Compile every kernel the "triton" backend launches, for a GPU target, without a GPU.
 
-    PYTHONPATH=src python scripts/triton_compile_check.py [--arch 90] [--hidden 110,256,512]
+    PYTHONPATH=src python scripts/triton_compile_check.py [--arch 90] [--hidden 12,20,110,256,512]
 
 Runs the backend's own host code (forward and backward, training and inference, with and without
 peepholes, float32 IEEE and TF32, bfloat16, float64, and the time gate) on CPU tensors with
@@ -8,7 +8,8 @@ Triton's driver replaced by a stand-in for a GPU of the given compute capability
 goes through Triton's real argument binding and compiler, but stops before running (a "warmup").
 For every distinct kernel it prints the registers, the stack (register spills) and the shared
 memory that cuobjdump (shipped with Triton) reads from the cubin, and whether the products use
-the tensor cores (mma/wgmma) or FMAs. The outputs are garbage: nothing runs.
+the tensor cores (mma/wgmma) or FMAs, and the barriers in its code. Nothing runs: the outputs
+are garbage.
 
 This is how the tile sizes of ``phased_lstm.ops.triton_rnn._plan`` were checked under Triton 3.6
 and 3.9: a kernel must stay within 255 registers per thread, and a stack above a few bytes means
@@ -63,9 +64,11 @@ def _usage(kernel) -> str:
     fields = dict(re.findall(r"(REG|STACK):(\d+)", report))
     ptx = kernel.asm["ptx"]
     unit = "wgmma" if "wgmma" in ptx else "mma" if "mma.sync" in ptx else "fma"
+    # Barriers in the code: each layout change through shared memory, and the step barrier.
+    barriers = len(re.findall(r"\bbar\.sync\b|\bbarrier\.sync\b", ptx))
     return (
         f"regs {fields.get('REG', '?'):>3}  stack {fields.get('STACK', '?'):>4}  "
-        f"shared {kernel.metadata.shared:>6}  {unit}"
+        f"shared {kernel.metadata.shared:>6}  barriers {barriers:>4}  {unit}"
     )
 
 
@@ -73,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability (default 90)")
     parser.add_argument(
-        "--hidden", default="110,256,512", help="hidden sizes (default 110,256,512)"
+        "--hidden", default="12,20,110,256,512", help="hidden sizes (default 12,20,110,256,512)"
     )
     parser.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
     args = parser.parse_args(argv)

@@ -80,15 +80,37 @@ def _mac(
     DOT: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    """acc (BN, BH) += a (BN, BK) @ w (BK, BH). `a` is rounded to RND (the dtype of weight_hh)
-    first; with DOT, tl.dot on OPT operands (RND, or float32 where the interpreter cannot take
-    RND), else a broadcast product summed in CT (rows below 16, or float64)."""
+    """acc (BN, BH) += a @ w, w (BK, BH). `a` is rounded to RND (the dtype of weight_hh) first.
+    With DOT, `a` is (BN, BK) and the product tl.dot on OPT operands (RND, or float32 where the
+    interpreter cannot take RND). Without, `a` comes transposed, (BK, BN), for a broadcast
+    product summed in CT over its first axis: Triton spreads the last axis (BH) over the lanes and
+    warps and keeps the others in each thread's registers, so every thread owns hidden units and
+    sums over k alone, without shuffles (rows below 16, IEEE float32, float64)."""
     a = a.to(RND)
     if DOT:
         acc = tl.dot(a.to(OPT), w.to(OPT), acc, input_precision=PREC)
     else:
-        acc += tl.sum(a.to(CT)[:, :, None] * w.to(CT)[None, :, :], axis=1)
+        acc += tl.sum(a.to(CT)[:, :, None] * w.to(CT)[:, None, :], axis=0)
     return acc
+
+
+@triton.jit
+def _rows_tile(ptr, rows, in_batch, ks, kmask, STRIDE: tl.constexpr, DOT: tl.constexpr):
+    """The tile ptr[rows, ks] of a row-major matrix of STRIDE columns: (BN, BK) for tl.dot,
+    transposed (BK, BN) for the broadcast product (see _mac)."""
+    if DOT:
+        tile = tl.load(
+            ptr + rows[:, None] * STRIDE + ks[None, :],
+            mask=in_batch[:, None] & kmask[None, :],
+            other=0.0,
+        )
+    else:
+        tile = tl.load(
+            ptr + rows[None, :] * STRIDE + ks[:, None],
+            mask=kmask[:, None] & in_batch[None, :],
+            other=0.0,
+        )
+    return tile
 
 
 @triton.jit
@@ -149,23 +171,22 @@ def _peepholes(wch_ptr, cols, cmask, H: tl.constexpr, CT: tl.constexpr):
 
 @triton.jit
 def _recurrent_tile(
-    acc_i, acc_f, acc_g, acc_o, h_ptr, w_ptr, rows, in_batch, cols, cmask, kb,
+    acc_i, acc_f, acc_g, acc_o, h_ptr, w_t_ptr, rows, in_batch, cols, cmask, kb,
     H: tl.constexpr, BK: tl.constexpr, CT: tl.constexpr, RND: tl.constexpr,
     OPT: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
-    """Adds h[:, kb:kb+BK] times the matching (BK, BH) tile of W^T of each gate."""
+    """Adds h[:, kb:kb+BK] times the matching (BK, BH) tile of weight_hh^T of each gate
+    (w_t_ptr: weight_hh^T, (H, 4H), so that a tile's rows are contiguous across the lanes)."""
     ks = kb + tl.arange(0, BK)
     kmask = ks < H
-    a = tl.load(
-        h_ptr + rows[:, None] * H + ks[None, :], mask=in_batch[:, None] & kmask[None, :], other=0.0
-    )
+    a = _rows_tile(h_ptr, rows, in_batch, ks, kmask, H, DOT)
     # Element (k, j) of a gate's tile is weight_hh[gate * H + cols[j], k].
-    w_tile = w_ptr + cols[None, :] * H + ks[:, None]
+    w_tile = w_t_ptr + ks[:, None] * (4 * H) + cols[None, :]
     wmask = kmask[:, None] & cmask[None, :]
     w_i = tl.load(w_tile, mask=wmask, other=0.0)
-    w_f = tl.load(w_tile + H * H, mask=wmask, other=0.0)
-    w_g = tl.load(w_tile + 2 * H * H, mask=wmask, other=0.0)
-    w_o = tl.load(w_tile + 3 * H * H, mask=wmask, other=0.0)
+    w_f = tl.load(w_tile + H, mask=wmask, other=0.0)
+    w_g = tl.load(w_tile + 2 * H, mask=wmask, other=0.0)
+    w_o = tl.load(w_tile + 3 * H, mask=wmask, other=0.0)
     acc_i = _mac(acc_i, a, w_i, CT, RND, OPT, DOT, PREC)
     acc_f = _mac(acc_f, a, w_f, CT, RND, OPT, DOT, PREC)
     acc_g = _mac(acc_g, a, w_g, CT, RND, OPT, DOT, PREC)
@@ -175,7 +196,7 @@ def _recurrent_tile(
 
 @triton.jit
 def _recurrent_product(
-    h_ptr, w_ptr, rows, in_batch, cols, cmask, H: tl.constexpr, BN: tl.constexpr,
+    h_ptr, w_t_ptr, rows, in_batch, cols, cmask, H: tl.constexpr, BN: tl.constexpr,
     BH: tl.constexpr, BK: tl.constexpr, CT: tl.constexpr, RND: tl.constexpr,
     OPT: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, UNROLL: tl.constexpr,
 ):  # fmt: skip
@@ -188,13 +209,13 @@ def _recurrent_product(
     if UNROLL:
         for kb in tl.static_range(0, H, BK):
             acc_i, acc_f, acc_g, acc_o = _recurrent_tile(
-                acc_i, acc_f, acc_g, acc_o, h_ptr, w_ptr, rows, in_batch, cols, cmask, kb,
+                acc_i, acc_f, acc_g, acc_o, h_ptr, w_t_ptr, rows, in_batch, cols, cmask, kb,
                 H, BK, CT, RND, OPT, DOT, PREC,
             )  # fmt: skip
     else:
         for kb in range(0, H, BK):
             acc_i, acc_f, acc_g, acc_o = _recurrent_tile(
-                acc_i, acc_f, acc_g, acc_o, h_ptr, w_ptr, rows, in_batch, cols, cmask, kb,
+                acc_i, acc_f, acc_g, acc_o, h_ptr, w_t_ptr, rows, in_batch, cols, cmask, kb,
                 H, BK, CT, RND, OPT, DOT, PREC,
             )  # fmt: skip
     return acc_i, acc_f, acc_g, acc_o
@@ -206,14 +227,10 @@ def _dgates_tile(
     BK: tl.constexpr, CT: tl.constexpr, RND: tl.constexpr, OPT: tl.constexpr,
     DOT: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
-    """Adds dgates[:, gate, kb:kb+BK] times the (BK, BH) tile weight_hh[gate, kb:kb+BK, cols]."""
+    """Adds dgates[:, gate, kb:kb+BK] times the (BK, BH) tile weight_hh[gate * H + ks, cols]."""
     ks = kb + tl.arange(0, BK)
     kmask = ks < H
-    a = tl.load(
-        dg_ptr + rows[:, None] * (4 * H) + gate * H + ks[None, :],
-        mask=in_batch[:, None] & kmask[None, :],
-        other=0.0,
-    )
+    a = _rows_tile(dg_ptr + gate * H, rows, in_batch, ks, kmask, 4 * H, DOT)
     w = tl.load(
         w_ptr + (gate * H + ks[:, None]) * H + cols[None, :],
         mask=kmask[:, None] & cmask[None, :],
@@ -226,30 +243,23 @@ def _dgates_tile(
 def _dgates_product(
     dg_ptr, w_ptr, rows, in_batch, cols, cmask, H: tl.constexpr, BN: tl.constexpr,
     BH: tl.constexpr, BK: tl.constexpr, CT: tl.constexpr, RND: tl.constexpr,
-    OPT: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, UNROLL: tl.constexpr,
+    OPT: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
-    """dgates W_hh for the block `cols` of dL/dh: (BN, BH)."""
+    """dgates W_hh for the block `cols` of dL/dh: (BN, BH). Never unrolled: with its four gates
+    the hoisted loads would spill registers (see scripts/triton_compile_check.py)."""
     acc = tl.zeros((BN, BH), dtype=CT)
-    if UNROLL:
-        for gate in tl.static_range(4):
-            for kb in tl.static_range(0, H, BK):
-                acc = _dgates_tile(
-                    acc, dg_ptr, w_ptr, rows, in_batch, cols, cmask, gate, kb, H, BK, CT, RND,
-                    OPT, DOT, PREC,
-                )  # fmt: skip
-    else:
-        for gate in range(4):
-            for kb in range(0, H, BK):
-                acc = _dgates_tile(
-                    acc, dg_ptr, w_ptr, rows, in_batch, cols, cmask, gate, kb, H, BK, CT, RND,
-                    OPT, DOT, PREC,
-                )  # fmt: skip
+    for gate in range(4):
+        for kb in range(0, H, BK):
+            acc = _dgates_tile(
+                acc, dg_ptr, w_ptr, rows, in_batch, cols, cmask, gate, kb, H, BK, CT, RND, OPT,
+                DOT, PREC,
+            )  # fmt: skip
     return acc
 
 
 @triton.jit(do_not_specialize=["L"])
 def _forward_persistent(
-    gx_ptr, k_ptr, w_ptr, wch_ptr, h0_ptr, c0_ptr, h_ptr, c_ptr, acts_ptr, bs_ptr,
+    gx_ptr, k_ptr, w_t_ptr, wch_ptr, h0_ptr, c0_ptr, h_ptr, c_ptr, acts_ptr, bs_ptr,
     L, N,
     H: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
     CT: tl.constexpr, RND: tl.constexpr, OPT: tl.constexpr, DOT: tl.constexpr,
@@ -292,7 +302,7 @@ def _forward_persistent(
                 pg = tl.load(gx_t + gates + 2 * H, mask=mask, other=0.0).to(CT)
                 po = tl.load(gx_t + gates + 3 * H, mask=mask, other=0.0).to(CT)
                 acc_i, acc_f, acc_g, acc_o = _recurrent_product(
-                    h_prev, w_ptr, rows, in_batch, cols, cmask, H, BN, BH, BK, CT, RND, OPT,
+                    h_prev, w_t_ptr, rows, in_batch, cols, cmask, H, BN, BH, BK, CT, RND, OPT,
                     DOT, PREC, UNROLL,
                 )  # fmt: skip
                 if PEEP:
@@ -397,7 +407,7 @@ def _backward_persistent(
                 # dL/dh_t += dgates_{t+1} W_hh: rows padded at t + 1 have dgates = 0.
                 dh += _dgates_product(
                     dg_t + 4 * NH, w_ptr, rows, in_batch, cols, cmask, H, BN, BH, BK, CT, RND,
-                    OPT, DOT, PREC, UNROLL,
+                    OPT, DOT, PREC,
                 )  # fmt: skip
             dc = tl.load(dc_in + state, mask=mask, other=0.0)
             seed = tl.load(gh_t + state, mask=mask & (rows < seed_rows)[:, None], other=0.0)
@@ -635,19 +645,27 @@ def _plan(batch: int, hidden: int, dtype: torch.dtype) -> _Plan:
         if dtype == torch.float64:
             return _Plan(True, block_rows=8, block_hidden=32, block_k=0, dot=False)
         return _Plan(True, block_rows=16, block_hidden=64, block_k=0, dot=False)
-    # Unrolled, the loads of a block's whole reduction are in flight together (one L2 round
-    # trip per block instead of one per tile); beyond 128 units that spills registers.
-    unroll = hp <= 128
     if _tensor_cores(dtype):
-        # tl.dot needs 16 rows; on the tensor cores the product is cheap, so one program per
-        # 16 rows.
-        return _Plan(False, 16, 32, min(hp, 64), True, num_warps=8, unroll=unroll)
-    # IEEE float32 or float64 on the CUDA cores (Triton's float32 tl.dot without TF32 spills,
-    # and crashes Triton 3.9's compiler): a program's product costs BN * 8 H^2 flops per step,
-    # so few rows per program spread it over more multiprocessors.
+        # On the tensor cores the product is cheap: one program per 16 rows (an mma's height),
+        # the reduction in tiles of up to 64, unrolled up to 128 units (beyond, it spills, and
+        # the loop is pipelined instead).
+        unroll = hp <= 128
+        return _Plan(False, 16, 32, min(hp, 64), True, 8, 1 if unroll else 3, unroll)
     if dtype == torch.float64:
-        return _Plan(False, min(2, _pow2(batch)), 32, 16, False, unroll=unroll)
-    return _Plan(False, min(4, _pow2(batch)), 32, 32, False, unroll=unroll)
+        # Triton 3.6 cannot compile a float64 tl.dot: the broadcast product (only the tests
+        # run float64 on a GPU; speed is no concern).
+        return _Plan(False, min(2, _pow2(batch)), 128, 8, False, unroll=False)
+    # IEEE float32 on the CUDA cores. tl.dot takes as few as 1 row and keeps its operands in
+    # shared memory (the broadcast product needs a layout change per tile, and spills when
+    # unrolled); a program's product costs BN * 8 H^2 flops per step, so 4 rows per program
+    # spread it over more multiprocessors. The reduction loop stays a loop, so that Triton
+    # pipelines its loads (cp.async, 3 stages). Triton 3.9's LLVM aborts the process compiling
+    # this tl.dot when the reduction is a single tile (Triton 3.6 does not): always two or more,
+    # and the broadcast product below 17 units, where a tile cannot be smaller than 16.
+    if hp <= 16:
+        return _Plan(False, min(4, _pow2(batch)), 16, 8, False, unroll=False)
+    return _Plan(False, min(4, _pow2(batch)), 32, min(32, hp // 2), True, num_stages=3,
+                 unroll=False)  # fmt: skip
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -703,8 +721,10 @@ def _forward(gates_x, k, weight_hh, weight_ch, h0, c0, batch_sizes, plan, save):
         return h, c, acts
     bs = _device_batch_sizes(batch_sizes, length, batch, device)
     grid = (triton.cdiv(batch, plan.block_rows),)
+    # weight_hh^T: a tile's rows (one reduction index, BH hidden units) are contiguous.
+    w_t = weight_hh.t().contiguous()
     _forward_persistent[grid](
-        gates_x, k, weight_hh, wch, h0, c0, h, c, acts, bs, length, batch,
+        gates_x, k, w_t, wch, h0, c0, h, c, acts, bs, length, batch,
         H=hidden, BN=plan.block_rows, BH=plan.block_hidden, BK=plan.block_k,
         PEEP=peep, SAVE=save, SKIP=not save,
         **_constexprs(gates_x.dtype, plan), **_launch_options(plan),
