@@ -199,12 +199,6 @@ class _TritonTimeGate(torch.autograd.Function):
 def sequence_gate(times, period, shift, r_on, leak, valid, dtype) -> Tensor:
     """k of shape ``(*times.shape, H)`` in ``dtype``, zero where ``valid`` is False; the
     arguments of :func:`phased_lstm.ops.gate.sequence_gate` (``times`` needs no gradient)."""
-    return _TritonTimeGate.apply(
-        times.to(f64).contiguous(),
-        period.to(f64).contiguous(),
-        shift.to(f64).contiguous(),
-        r_on.to(f64).contiguous(),
-        float(leak),
-        None if valid is None else valid.contiguous(),
-        dtype,
-    )
+    times, period, shift, r_on = (t.to(f64).contiguous() for t in (times, period, shift, r_on))
+    valid = None if valid is None else valid.contiguous()
+    return _TritonTimeGate.apply(times, period, shift, r_on, float(leak), valid, dtype)

@@ -257,6 +257,80 @@ def _dgates_product(
     return acc
 
 
+@triton.jit
+def _forward_block(
+    pi, pf, pg, po, hp, cp, kt, wch_ptr, h_ptr, c_ptr, acts_ptr, cols, cmask, mask, valid,
+    state, gates, H: tl.constexpr, CT: tl.constexpr, PEEP: tl.constexpr, SAVE: tl.constexpr,
+):  # fmt: skip
+    """The cell for one block of one step from its pre-activations: stores h_t and c_t (rows
+    past batch_sizes[t], padding, hold their state) and, with SAVE, the activations."""
+    if PEEP:
+        wci, wcf, wco = _peepholes(wch_ptr, cols, cmask, H, CT)
+    else:
+        wci = 0.0
+        wcf = 0.0
+        wco = 0.0
+    i, f, g, o, c_next, h_next = _cell_forward(pi, pf, pg, po, cp, hp, kt, wci, wcf, wco, PEEP)
+    tl.store(h_ptr + state, tl.where(valid[:, None], h_next, hp), mask=mask)
+    tl.store(c_ptr + state, tl.where(valid[:, None], c_next, cp), mask=mask)
+    if SAVE:
+        smask = mask & valid[:, None]
+        tl.store(acts_ptr + gates, i, mask=smask)
+        tl.store(acts_ptr + gates + H, f, mask=smask)
+        tl.store(acts_ptr + gates + 2 * H, g, mask=smask)
+        tl.store(acts_ptr + gates + 3 * H, o, mask=smask)
+
+
+@triton.jit
+def _backward_block(
+    dh, dc, seed, acts_ptr, hp_ptr, cp_ptr, k_ptr, wch_ptr, dk_ptr, dg_ptr, dh_out_ptr,
+    dc_out_ptr, pp_ptr, clip, rows, cols, cmask, mask, valid, state, H: tl.constexpr,
+    CT: tl.constexpr, PEEP: tl.constexpr,
+):  # fmt: skip
+    """The backward of one block of one step, given dL/dh_t (dh), dL/dc_t (dc) and the output's
+    gradient at t - 1 (seed): stores dk_t, the clipped dgates_t, dL/dc_{t-1} and dL/dh_{t-1}
+    without its dgates_t W_hh term; adds the block's peephole gradients to pp_ptr (a row of
+    3H sums owned by this program). Padding rows get zero gradients and pass dh, dc through."""
+    gates = rows[:, None] * (4 * H) + cols[None, :]
+    keep = valid[:, None]
+    amask = mask & keep
+    i = tl.load(acts_ptr + gates, mask=amask, other=0.0)
+    f = tl.load(acts_ptr + gates + H, mask=amask, other=0.0)
+    g = tl.load(acts_ptr + gates + 2 * H, mask=amask, other=0.0)
+    o = tl.load(acts_ptr + gates + 3 * H, mask=amask, other=0.0)
+    cp = tl.load(cp_ptr + state, mask=mask, other=0.0)
+    hp = tl.load(hp_ptr + state, mask=mask, other=0.0)
+    kt = tl.load(k_ptr + state, mask=amask, other=0.0).to(CT)
+    if PEEP:
+        wci, wcf, wco = _peepholes(wch_ptr, cols, cmask, H, CT)
+    else:
+        wci = 0.0
+        wcf = 0.0
+        wco = 0.0
+    dk, dai, daf, dag, dao, c_new, dcp = _cell_backward(
+        i, f, g, o, cp, hp, kt, dh, dc, wci, wcf, wco, PEEP
+    )
+    dai = tl.where(keep, dai, 0.0)
+    daf = tl.where(keep, daf, 0.0)
+    dag = tl.where(keep, dag, 0.0)
+    dao = tl.where(keep, dao, 0.0)
+    tl.store(dk_ptr + state, tl.where(keep, dk, 0.0), mask=mask)
+    tl.store(dg_ptr + gates, _clip(dai, clip), mask=mask)
+    tl.store(dg_ptr + gates + H, _clip(daf, clip), mask=mask)
+    tl.store(dg_ptr + gates + 2 * H, _clip(dag, clip), mask=mask)
+    tl.store(dg_ptr + gates + 3 * H, _clip(dao, clip), mask=mask)
+    tl.store(dh_out_ptr + state, tl.where(keep, (1.0 - kt) * dh, dh) + seed, mask=mask)
+    tl.store(dc_out_ptr + state, tl.where(keep, dcp, dc), mask=mask)
+    if PEEP:
+        # The peepholes see the unclipped gradients (they are added after the clip).
+        pp = pp_ptr + cols
+        tl.store(pp, tl.load(pp, mask=cmask) + tl.sum(dai * cp, axis=0), mask=cmask)
+        tl.store(pp + H, tl.load(pp + H, mask=cmask) + tl.sum(daf * cp, axis=0), mask=cmask)
+        tl.store(
+            pp + 2 * H, tl.load(pp + 2 * H, mask=cmask) + tl.sum(dao * c_new, axis=0), mask=cmask
+        )
+
+
 @triton.jit(do_not_specialize=["L"])
 def _forward_persistent(
     gx_ptr, k_ptr, w_t_ptr, wch_ptr, h0_ptr, c0_ptr, h_ptr, c_ptr, acts_ptr, bs_ptr,
@@ -305,34 +379,10 @@ def _forward_persistent(
                     h_prev, w_t_ptr, rows, in_batch, cols, cmask, H, BN, BH, BK, CT, RND, OPT,
                     DOT, PREC, UNROLL,
                 )  # fmt: skip
-                if PEEP:
-                    wci, wcf, wco = _peepholes(wch_ptr, cols, cmask, H, CT)
-                else:
-                    wci = 0.0
-                    wcf = 0.0
-                    wco = 0.0
-                i, f, g, o, c_next, h_next = _cell_forward(
-                    pi + acc_i,
-                    pf + acc_f,
-                    pg + acc_g,
-                    po + acc_o,
-                    cp,
-                    hp,
-                    kt,
-                    wci,
-                    wcf,
-                    wco,
-                    PEEP,
-                )
-                # Rows past batch_sizes[t] are padding: their state is held.
-                tl.store(h_out + state, tl.where(valid[:, None], h_next, hp), mask=mask)
-                tl.store(c_out + state, tl.where(valid[:, None], c_next, cp), mask=mask)
-                if SAVE:
-                    smask = mask & valid[:, None]
-                    tl.store(acts_t + gates, i, mask=smask)
-                    tl.store(acts_t + gates + H, f, mask=smask)
-                    tl.store(acts_t + gates + 2 * H, g, mask=smask)
-                    tl.store(acts_t + gates + 3 * H, o, mask=smask)
+                _forward_block(
+                    pi + acc_i, pf + acc_f, pg + acc_g, po + acc_o, hp, cp, kt, wch_ptr, h_out,
+                    c_out, acts_t, cols, cmask, mask, valid, state, gates, H, CT, PEEP, SAVE,
+                )  # fmt: skip
             else:
                 # Padding rows, or (inference) a block closed for every row: the state is held.
                 tl.store(h_out + state, hp, mask=mask)
@@ -358,7 +408,7 @@ def _backward_persistent(
     L, N,
     H: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
     CT: tl.constexpr, RND: tl.constexpr, OPT: tl.constexpr, DOT: tl.constexpr,
-    PREC: tl.constexpr, UNROLL: tl.constexpr, PEEP: tl.constexpr,
+    PREC: tl.constexpr, PEEP: tl.constexpr,
 ):  # fmt: skip
     """BPTT for rows [pid * BN, pid * BN + BN), t = L-1 .. 0. The per-step pointers (k, acts,
     dgates, dk, h, c, grad_h) arrive pointing at their last step used and move backwards.
@@ -413,48 +463,11 @@ def _backward_persistent(
             seed = tl.load(gh_t + state, mask=mask & (rows < seed_rows)[:, None], other=0.0)
             seed = seed.to(CT)
             if row0 < nb:
-                gates = rows[:, None] * (4 * H) + cols[None, :]
-                amask = mask & valid[:, None]
-                i = tl.load(acts_t + gates, mask=amask, other=0.0)
-                f = tl.load(acts_t + gates + H, mask=amask, other=0.0)
-                g = tl.load(acts_t + gates + 2 * H, mask=amask, other=0.0)
-                o = tl.load(acts_t + gates + 3 * H, mask=amask, other=0.0)
-                cp = tl.load(cp_base + state, mask=mask, other=0.0)
-                hp = tl.load(hp_base + state, mask=mask, other=0.0)
-                kt = tl.load(k_t + state, mask=amask, other=0.0).to(CT)
-                if PEEP:
-                    wci, wcf, wco = _peepholes(wch_ptr, cols, cmask, H, CT)
-                else:
-                    wci = 0.0
-                    wcf = 0.0
-                    wco = 0.0
-                dk, dai, daf, dag, dao, c_new, dcp = _cell_backward(
-                    i, f, g, o, cp, hp, kt, dh, dc, wci, wcf, wco, PEEP
-                )
-                keep = valid[:, None]
-                dai = tl.where(keep, dai, 0.0)
-                daf = tl.where(keep, daf, 0.0)
-                dag = tl.where(keep, dag, 0.0)
-                dao = tl.where(keep, dao, 0.0)
-                tl.store(dk_t + state, tl.where(keep, dk, 0.0), mask=mask)
-                tl.store(dg_t + gates, _clip(dai, clip), mask=mask)
-                tl.store(dg_t + gates + H, _clip(daf, clip), mask=mask)
-                tl.store(dg_t + gates + 2 * H, _clip(dag, clip), mask=mask)
-                tl.store(dg_t + gates + 3 * H, _clip(dao, clip), mask=mask)
-                tl.store(dh_out + state, tl.where(keep, (1.0 - kt) * dh, dh) + seed, mask=mask)
-                tl.store(dc_out + state, tl.where(keep, dcp, dc), mask=mask)
-                if PEEP:
-                    # The peepholes see the unclipped gradients (they are added after the clip).
-                    pp = pp_ptr + pid * 3 * H + cols
-                    tl.store(pp, tl.load(pp, mask=cmask) + tl.sum(dai * cp, axis=0), mask=cmask)
-                    tl.store(
-                        pp + H, tl.load(pp + H, mask=cmask) + tl.sum(daf * cp, axis=0), mask=cmask
-                    )
-                    tl.store(
-                        pp + 2 * H,
-                        tl.load(pp + 2 * H, mask=cmask) + tl.sum(dao * c_new, axis=0),
-                        mask=cmask,
-                    )
+                _backward_block(
+                    dh, dc, seed, acts_t, hp_base, cp_base, k_t, wch_ptr, dk_t, dg_t, dh_out,
+                    dc_out, pp_ptr + pid * 3 * H, clip, rows, cols, cmask, mask, valid, state, H,
+                    CT, PEEP,
+                )  # fmt: skip
             else:
                 # Every row padded at t: no gradient to this step's inputs; it passes through.
                 zero = tl.zeros((BN, BH), dtype=CT)
@@ -503,20 +516,10 @@ def _forward_step(
     pf += tl.load(pre_ptr + gates + H, mask=amask, other=0.0)
     pg += tl.load(pre_ptr + gates + 2 * H, mask=amask, other=0.0)
     po += tl.load(pre_ptr + gates + 3 * H, mask=amask, other=0.0)
-    if PEEP:
-        wci, wcf, wco = _peepholes(wch_ptr, cols, cmask, H, CT)
-    else:
-        wci = 0.0
-        wcf = 0.0
-        wco = 0.0
-    i, f, g, o, c_next, h_next = _cell_forward(pi, pf, pg, po, cp, hp, kt, wci, wcf, wco, PEEP)
-    tl.store(h_ptr + state, tl.where(valid[:, None], h_next, hp), mask=mask)
-    tl.store(c_ptr + state, tl.where(valid[:, None], c_next, cp), mask=mask)
-    if SAVE:
-        tl.store(acts_ptr + gates, i, mask=amask)
-        tl.store(acts_ptr + gates + H, f, mask=amask)
-        tl.store(acts_ptr + gates + 2 * H, g, mask=amask)
-        tl.store(acts_ptr + gates + 3 * H, o, mask=amask)
+    _forward_block(
+        pi, pf, pg, po, hp, cp, kt, wch_ptr, h_ptr, c_ptr, acts_ptr, cols, cmask, mask, valid,
+        state, gates, H, CT, PEEP, SAVE,
+    )  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["nb", "seed_rows"])
@@ -533,50 +536,16 @@ def _backward_step(
     cols = tl.program_id(1) * BH + tl.arange(0, BH)
     cmask = cols < H
     mask = (rows < N)[:, None] & cmask[None, :]
-    valid = rows < nb
-    keep = valid[:, None]
-    amask = mask & keep
     state = rows[:, None] * H + cols[None, :]
-    gates = rows[:, None] * (4 * H) + cols[None, :]
-    clip = tl.load(clip_ptr)
     dh = tl.load(dh_ptr + state, mask=mask, other=0.0)
     dc = tl.load(dc_ptr + state, mask=mask, other=0.0)
     seed = tl.load(gh_ptr + state, mask=mask & (rows < seed_rows)[:, None], other=0.0).to(CT)
-    i = tl.load(acts_ptr + gates, mask=amask, other=0.0)
-    f = tl.load(acts_ptr + gates + H, mask=amask, other=0.0)
-    g = tl.load(acts_ptr + gates + 2 * H, mask=amask, other=0.0)
-    o = tl.load(acts_ptr + gates + 3 * H, mask=amask, other=0.0)
-    cp = tl.load(cp_ptr + state, mask=mask, other=0.0)
-    hp = tl.load(hp_ptr + state, mask=mask, other=0.0)
-    kt = tl.load(k_ptr + state, mask=amask, other=0.0).to(CT)
-    if PEEP:
-        wci, wcf, wco = _peepholes(wch_ptr, cols, cmask, H, CT)
-    else:
-        wci = 0.0
-        wcf = 0.0
-        wco = 0.0
-    dk, dai, daf, dag, dao, c_new, dcp = _cell_backward(
-        i, f, g, o, cp, hp, kt, dh, dc, wci, wcf, wco, PEEP
-    )
-    dai = tl.where(keep, dai, 0.0)
-    daf = tl.where(keep, daf, 0.0)
-    dag = tl.where(keep, dag, 0.0)
-    dao = tl.where(keep, dao, 0.0)
-    tl.store(dk_ptr + state, tl.where(keep, dk, 0.0), mask=mask)
-    tl.store(dg_ptr + gates, _clip(dai, clip), mask=mask)
-    tl.store(dg_ptr + gates + H, _clip(daf, clip), mask=mask)
-    tl.store(dg_ptr + gates + 2 * H, _clip(dag, clip), mask=mask)
-    tl.store(dg_ptr + gates + 3 * H, _clip(dao, clip), mask=mask)
-    tl.store(dh_out_ptr + state, tl.where(keep, (1.0 - kt) * dh, dh) + seed, mask=mask)
-    tl.store(dc_out_ptr + state, tl.where(keep, dcp, dc), mask=mask)
-    if PEEP:
-        # One row of sums per block of rows: no two programs add into the same place.
-        pp = pp_ptr + pid_n * 3 * H + cols
-        tl.store(pp, tl.load(pp, mask=cmask) + tl.sum(dai * cp, axis=0), mask=cmask)
-        tl.store(pp + H, tl.load(pp + H, mask=cmask) + tl.sum(daf * cp, axis=0), mask=cmask)
-        tl.store(
-            pp + 2 * H, tl.load(pp + 2 * H, mask=cmask) + tl.sum(dao * c_new, axis=0), mask=cmask
-        )
+    # One row of peephole sums per block of rows: no two programs add into the same place.
+    _backward_block(
+        dh, dc, seed, acts_ptr, hp_ptr, cp_ptr, k_ptr, wch_ptr, dk_ptr, dg_ptr, dh_out_ptr,
+        dc_out_ptr, pp_ptr + pid_n * 3 * H, tl.load(clip_ptr), rows, cols, cmask, mask,
+        rows < nb, state, H, CT, PEEP,
+    )  # fmt: skip
 
 
 # -------------------------------------------------------------------------------- host code
@@ -680,7 +649,7 @@ def _constexprs(dtype: torch.dtype, plan: _Plan) -> dict:
     # rounded to their dtype, are exact in float32, so it gets those instead.
     opt = tl.float32 if INTERPRETED and dtype in (torch.bfloat16, torch.float16) else rnd
     prec = "tf32" if _tensor_cores(dtype) else "ieee"
-    return dict(CT=ct, RND=rnd, OPT=opt, DOT=plan.dot, PREC=prec, UNROLL=plan.unroll)
+    return dict(CT=ct, RND=rnd, OPT=opt, DOT=plan.dot, PREC=prec)
 
 
 def _launch_options(plan: _Plan) -> dict:
@@ -700,7 +669,7 @@ def _host_batch_sizes(batch_sizes: Tensor | None, length: int, batch: int) -> li
 
 def _forward(gates_x, k, weight_hh, weight_ch, h0, c0, batch_sizes, plan, save):
     """Run the forward recurrence; returns h (L, N, H), c and acts in the compute dtype (c is
-    two alternating (N, H) slots and acts empty when ``save`` is False)."""
+    two alternating (N, H) slots and acts a stand-in when ``save`` is False)."""
     length, batch, four_h = gates_x.shape
     hidden = four_h // 4
     ct = _compute_dtype(gates_x.dtype)
@@ -714,34 +683,21 @@ def _forward(gates_x, k, weight_hh, weight_ch, h0, c0, batch_sizes, plan, save):
     c0 = c0.to(ct).contiguous()
     peep = weight_ch is not None
     wch = weight_ch if peep else h0  # any pointer: not read without peepholes
-    if plan.stepwise:
-        _forward_stepwise(
-            gates_x, k, weight_hh, wch, peep, h0, c0, h, c, acts, batch_sizes, plan, save
-        )
+    if not plan.stepwise:
+        bs = _device_batch_sizes(batch_sizes, length, batch, device)
+        # weight_hh^T: a tile's rows (one reduction index, BH hidden units) are contiguous.
+        _forward_persistent[(triton.cdiv(batch, plan.block_rows),)](
+            gates_x, k, weight_hh.t().contiguous(), wch, h0, c0, h, c, acts, bs, length, batch,
+            H=hidden, BN=plan.block_rows, BH=plan.block_hidden, BK=plan.block_k,
+            UNROLL=plan.unroll, PEEP=peep, SAVE=save, SKIP=not save,
+            **_constexprs(gates_x.dtype, plan), **_launch_options(plan),
+        )  # fmt: skip
         return h, c, acts
-    bs = _device_batch_sizes(batch_sizes, length, batch, device)
-    grid = (triton.cdiv(batch, plan.block_rows),)
-    # weight_hh^T: a tile's rows (one reduction index, BH hidden units) are contiguous.
-    w_t = weight_hh.t().contiguous()
-    _forward_persistent[grid](
-        gates_x, k, w_t, wch, h0, c0, h, c, acts, bs, length, batch,
-        H=hidden, BN=plan.block_rows, BH=plan.block_hidden, BK=plan.block_k,
-        PEEP=peep, SAVE=save, SKIP=not save,
-        **_constexprs(gates_x.dtype, plan), **_launch_options(plan),
-    )  # fmt: skip
-    return h, c, acts
-
-
-def _forward_stepwise(
-    gates_x, k, weight_hh, wch, peep, h0, c0, h, c, acts, batch_sizes, plan, save
-):
-    length, batch, four_h = gates_x.shape
-    hidden = four_h // 4
-    ct = h.dtype
-    # The product in the compute dtype: cuBLAS on float32 operands (TF32 only if torch allows
-    # it), whatever the input dtype, so that the states stay float32 as in the persistent mode.
+    # Stepwise: the product in the compute dtype, cuBLAS on float32 operands (TF32 only if torch
+    # allows it) whatever the input dtype, so that the states stay float32 as in the persistent
+    # mode; then the cell. Rows past batch_sizes[t] are not multiplied (the kernel holds them).
     w_t = weight_hh.to(ct).t()
-    pre = torch.empty(batch, four_h, dtype=ct, device=h.device)
+    pre = torch.empty(batch, four_h, dtype=ct, device=device)
     grid = (triton.cdiv(batch, plan.block_rows), triton.cdiv(hidden, plan.block_hidden))
     h_prev, c_prev = h0, c0
     for t, nb in enumerate(_host_batch_sizes(batch_sizes, length, batch)):
@@ -755,11 +711,11 @@ def _forward_stepwise(
             PEEP=peep, SAVE=save, **_launch_options(plan),
         )  # fmt: skip
         h_prev, c_prev = h[t], c_t
+    return h, c, acts
 
 
-def _backward(
-    grad_h, grad_h_n, grad_c_n, k, weight_hh, weight_ch, h0, c0, h, c, acts, clip, batch_sizes, plan
-):
+def _backward(grad_h, grad_h_n, grad_c_n, k, weight_hh, weight_ch, h0, c0, h, c, acts, clip,
+              batch_sizes, plan):  # fmt: skip
     """Gradients of (gates_x, k, h0, c0) and the peephole sums, all in the compute dtype."""
     length, batch, hidden = h.shape
     ct = h.dtype
@@ -767,43 +723,24 @@ def _backward(
     peep = weight_ch is not None
     dgates = torch.empty(length, batch, 4 * hidden, dtype=ct, device=device)
     dk = torch.empty(length, batch, hidden, dtype=ct, device=device)
-    # Slot (L - 1) % 2 holds dL/dh and dL/dc of the last step on entry.
+    # Two alternating slots; slot (L - 1) % 2 holds dL/dh and dL/dc of the last step on entry.
     dh = torch.empty(2, batch, hidden, dtype=ct, device=device)
     dc = torch.empty(2, batch, hidden, dtype=ct, device=device)
     last = (length - 1) % 2
     torch.add(grad_h[length - 1].to(ct), grad_h_n.to(ct), out=dh[last])
     dc[last].copy_(grad_c_n)
     clip_t = torch.tensor([clip], dtype=ct, device=device)
-    bs_end = torch.zeros(1, dtype=torch.int32, device=device)
     wch = weight_ch if peep else h0
     blocks = triton.cdiv(batch, plan.block_rows)
     pp = torch.zeros(blocks if peep else 1, 3 * hidden, dtype=ct, device=device)
     h0 = h0.to(ct).contiguous()
     c0 = c0.to(ct).contiguous()
     grad_h = grad_h.contiguous()
-    if plan.stepwise:
-        _backward_stepwise(
-            grad_h,
-            dh,
-            dc,
-            k,
-            weight_hh,
-            wch,
-            peep,
-            h0,
-            c0,
-            h,
-            c,
-            acts,
-            dgates,
-            dk,
-            pp,
-            clip_t,
-            batch_sizes,
-            plan,
-        )
-    else:
-        bs = torch.cat([_device_batch_sizes(batch_sizes, length, batch, device), bs_end])
+    w = weight_hh.to(ct)
+    if not plan.stepwise:
+        # batch_sizes with a trailing 0: step L - 1 reads that of step L, which has no rows.
+        no_rows = torch.zeros(1, dtype=torch.int32, device=device)
+        bs = torch.cat([_device_batch_sizes(batch_sizes, length, batch, device), no_rows])
         before = max(length - 2, 0)
         _backward_persistent[(blocks,)](
             grad_h[before], dh, dc, k[length - 1], weight_hh, wch, h0, c0, h[before], c[before],
@@ -811,51 +748,26 @@ def _backward(
             H=hidden, BN=plan.block_rows, BH=plan.block_hidden, BK=plan.block_k, PEEP=peep,
             **_constexprs(weight_hh.dtype, plan), **_launch_options(plan),
         )  # fmt: skip
-    # The last step (t = 0) left dL/dh_0 without its dgates_0 W_hh term, in slot 1.
-    d_h0 = torch.addmm(dh[1], dgates[0], weight_hh.to(ct))
-    return dgates, dk, d_h0, dc[1].clone(), pp.sum(0) if peep else None
-
-
-def _backward_stepwise(
-    grad_h,
-    dh,
-    dc,
-    k,
-    weight_hh,
-    wch,
-    peep,
-    h0,
-    c0,
-    h,
-    c,
-    acts,
-    dgates,
-    dk,
-    pp,
-    clip_t,
-    batch_sizes,
-    plan,
-):
-    length, batch, hidden = h.shape
-    ct = h.dtype
-    w = weight_hh.to(ct)
-    dh_full = torch.empty(batch, hidden, dtype=ct, device=h.device)
-    grid = (triton.cdiv(batch, plan.block_rows), triton.cdiv(hidden, plan.block_hidden))
-    sizes = _host_batch_sizes(batch_sizes, length, batch)
-    for t in range(length - 1, -1, -1):
-        slot, out = t % 2, (t + 1) % 2
-        if t + 1 < length and sizes[t + 1] > 0:
-            torch.addmm(dh[slot], dgates[t + 1], w, out=dh_full)
-            dh_t = dh_full
-        else:
+    else:
+        # Stepwise: per step dL/dh_t = slot + dgates_{t+1} W_hh by cuBLAS, then the cell.
+        dh_full = torch.empty(batch, hidden, dtype=ct, device=device)
+        grid = (blocks, triton.cdiv(hidden, plan.block_hidden))
+        sizes = _host_batch_sizes(batch_sizes, length, batch)
+        for t in range(length - 1, -1, -1):
+            slot, out = t % 2, (t + 1) % 2
             dh_t = dh[slot]
-        _backward_step[grid](
-            dh_t, dc[slot], grad_h[max(t - 1, 0)], k[t], wch,
-            h[t - 1] if t > 0 else h0, c[t - 1] if t > 0 else c0, acts[t], dgates[t], dk[t],
-            dh[out], dc[out], pp, clip_t, sizes[t], batch, batch if t > 0 else 0,
-            H=hidden, BN=plan.block_rows, BH=plan.block_hidden, CT=_TL_DTYPES[ct], PEEP=peep,
-            **_launch_options(plan),
-        )  # fmt: skip
+            if t + 1 < length and sizes[t + 1] > 0:
+                dh_t = torch.addmm(dh[slot], dgates[t + 1], w, out=dh_full)
+            _backward_step[grid](
+                dh_t, dc[slot], grad_h[max(t - 1, 0)], k[t], wch,
+                h[t - 1] if t > 0 else h0, c[t - 1] if t > 0 else c0, acts[t], dgates[t], dk[t],
+                dh[out], dc[out], pp, clip_t, sizes[t], batch, batch if t > 0 else 0,
+                H=hidden, BN=plan.block_rows, BH=plan.block_hidden, CT=_TL_DTYPES[ct],
+                PEEP=peep, **_launch_options(plan),
+            )  # fmt: skip
+    # The last step (t = 0) left dL/dh_0 without its dgates_0 W_hh term, in slot 1.
+    d_h0 = torch.addmm(dh[1], dgates[0], w)
+    return dgates, dk, d_h0, dc[1].clone(), pp.sum(0) if peep else None
 
 
 class _TritonRecurrence(torch.autograd.Function):
