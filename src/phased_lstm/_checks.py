@@ -140,8 +140,12 @@ def check_finite_times(times: Tensor, name: str = "times") -> None:
         raise ValueError(f"{name} must be finite at every valid step, got NaN or infinity")
 
 
-def check_lengths(lengths: object, batch: int, max_len: int) -> Tensor:
-    """Per-sample lengths: integers of shape (N,) in [0, L]; returned as an int64 CPU tensor."""
+def check_lengths(lengths: object, batch: int, max_len: int, *, values: bool = True) -> Tensor:
+    """Per-sample lengths: integers of shape (N,) in [0, L], returned as int64.
+
+    ``values=False`` checks the dtype and shape only (for a tensor whose values cannot be read,
+    on the meta device).
+    """
     if isinstance(lengths, (list, tuple)):
         lengths = torch.as_tensor(lengths)
     lengths = check_tensor("lengths", lengths)
@@ -152,7 +156,7 @@ def check_lengths(lengths: object, batch: int, max_len: int) -> Tensor:
             f"lengths must have shape (N,) = ({batch},), got {shape_str(lengths.shape)}"
         )
     lengths = lengths.to(torch.int64)
-    if batch and (int(lengths.min()) < 0 or int(lengths.max()) > max_len):
+    if values and batch and (int(lengths.min()) < 0 or int(lengths.max()) > max_len):
         raise ValueError(
             f"lengths must lie in [0, L] = [0, {max_len}], "
             f"got values from {int(lengths.min())} to {int(lengths.max())}"

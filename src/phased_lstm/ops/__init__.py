@@ -1,56 +1,70 @@
 """The recurrence op behind every Phased LSTM module, and the registry of its backends.
 
 Modules compute the input projection and the time gate of all steps outside the loop and hand
-the recurrence to :func:`recurrence`; a backend is a function with exactly its signature.
+the recurrence to :func:`recurrence`; a backend is a function with exactly its signature,
+registered with what it can run (:mod:`phased_lstm.ops.backends`).
 
 Backends: ``"reference"`` (a readable autograd loop, any device and dtype, any order of
 gradients), ``"fused"`` (C++ forward and hand-written backward, CPU) and ``"sparse"`` (C++
 inference that skips neurons whose time gate is closed, CPU, no gradients); see
-:mod:`phased_lstm.ops.fused`. ``"auto"`` takes ``"fused"`` when a gradient is needed and
-``"sparse"`` when none is, for CPU float32/float64 inputs once the kernels are built, and the
+:mod:`phased_lstm.ops.fused`. ``"auto"`` takes ``"sparse"`` when no gradient is needed and
+``"fused"`` when one is, for CPU float32/float64 inputs once the kernels are built, and the
 reference otherwise; the compiled backends agree with the reference to float rounding.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
+import torch
 from torch import Tensor
 
 from .. import _checks
-from . import fused
+from .backends import (
+    Backend,
+    RecurrenceFn,
+    available_backends,
+    call_of,
+    check_backend,
+    choose,
+    register_backend,
+)
+from .build import build_kernels
 from .fused import fused_recurrence, sparse_recurrence
 from .reference import reference_recurrence
 
-RecurrenceFn = Callable[..., tuple[Tensor, Tensor, Tensor]]
+_CPU_FLOATS = (torch.float32, torch.float64)
 
-# name -> function with the signature of `recurrence` (without `backend`).
-_BACKENDS: dict[str, RecurrenceFn] = {
-    "reference": reference_recurrence,
-    "fused": fused_recurrence,
-    "sparse": sparse_recurrence,
-}
-
-
-def available_backends() -> list[str]:
-    """Names accepted by ``backend=``: ``"auto"`` and every registered backend."""
-    return ["auto", *_BACKENDS]
-
-
-def check_backend(backend: object) -> str:
-    """Validate a ``backend`` choice and return it."""
-    if not isinstance(backend, str) or backend not in available_backends():
-        raise ValueError(f"backend must be one of {available_backends()}, got {backend!r}")
-    return backend
+register_backend(Backend("reference", reference_recurrence, packed=True, priority=0))
+register_backend(
+    Backend(
+        "fused",
+        fused_recurrence,
+        devices=("cpu",),
+        dtypes=_CPU_FLOATS,
+        gradients=True,
+        needs_kernels=True,
+        kernel_gate=True,
+        priority=10,
+    )
+)
+register_backend(
+    Backend(
+        "sparse",
+        sparse_recurrence,
+        devices=("cpu",),
+        dtypes=_CPU_FLOATS,
+        gradients=False,
+        needs_kernels=True,
+        kernel_gate=True,
+        priority=20,
+    )
+)
 
 
 def _resolve(backend: str, tensors: tuple[Tensor | None, ...]) -> RecurrenceFn:
-    if backend != "auto":
-        return _BACKENDS[check_backend(backend)]
-    if fused.unsupported(*tensors) is not None or not fused.kernels_available(warn=True):
-        return reference_recurrence
-    return fused_recurrence if fused.needs_grad(*tensors) else sparse_recurrence
+    """The recurrence function that runs these tensors for ``backend``."""
+    return choose(backend, call_of(tensors)).recurrence
 
 
 def recurrence(
@@ -93,14 +107,17 @@ def recurrence(
     if batch_sizes is not None:
         batch_sizes = _checks.check_batch_sizes(batch_sizes, gates_x.shape[0], gates_x.shape[1])
     tensors = (gates_x, k, weight_hh, weight_ch, h0, c0)
-    return _resolve(backend, tensors)(*tensors, clip, batch_sizes)
+    return _resolve(check_backend(backend), tensors)(*tensors, clip, batch_sizes)
 
 
 __all__ = [
+    "Backend",
     "available_backends",
+    "build_kernels",
     "check_backend",
     "fused_recurrence",
     "recurrence",
     "reference_recurrence",
+    "register_backend",
     "sparse_recurrence",
 ]
