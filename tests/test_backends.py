@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from phased_lstm import PhasedLSTM, ops
-from phased_lstm.ops import backends, build, reference_recurrence
+from phased_lstm.ops import backends, kernels, reference_recurrence
 
 f64 = torch.float64
-kernels = build.build_error() is None
-needs_kernels = pytest.mark.skipif(not kernels, reason=f"C++ kernels: {build.build_error()}")
+built = kernels.build_error() is None
+needs_kernels = pytest.mark.skipif(not built, reason=f"C++ kernels: {kernels.build_error()}")
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def recording(name, calls):
     ],
 )
 def test_auto_plan_by_device_dtype_and_gradient(device, dtype, grad, expected):
-    if not kernels and expected != "reference":
+    if not built and expected != "reference":
         expected = "reference"
     plan = backends.plan("auto", device=device, dtype=dtype, needs_grad=grad)
     assert plan.backend.name == expected

@@ -6,13 +6,14 @@ inputs that arrive at any time, and a closed neuron does no work at evaluation.
 
 from . import data, functional, ops
 from .functional import time_gate
-from .modules import PhasedLSTM, PhasedLSTMCell
+from .modules import PhasedLSTM, PhasedLSTMCell, PhasedLSTMStream
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PhasedLSTM",
     "PhasedLSTMCell",
+    "PhasedLSTMStream",
     "data",
     "functional",
     "ops",

@@ -86,6 +86,24 @@ def check_batch_sizes(value: object, length: int, batch: int) -> Tensor:
     return value
 
 
+def check_packed_batch_sizes(value: object, rows: int, batch: int) -> Tensor:
+    """``batch_sizes`` of the packed layout: ``(L,)`` int64, non-increasing, in ``[0, N]``,
+    summing to the ``S`` rows of the packed data."""
+    if not isinstance(value, Tensor) or value.dtype != torch.int64 or value.dim() != 1:
+        got = value.dtype if isinstance(value, Tensor) else type(value).__name__
+        raise TypeError(
+            f"batch_sizes must be an int64 torch.Tensor of shape (L,) in the packed layout "
+            f"(gates_x of shape (S, 4H)), got {got}"
+        )
+    value = value.cpu()
+    if int(value.sum()) != rows:
+        raise ValueError(
+            f"batch_sizes must sum to the S = {rows} rows of the packed gates_x, "
+            f"got {int(value.sum())}"
+        )
+    return check_batch_sizes(value, value.shape[0], batch)
+
+
 def check_dropout(value: object) -> float:
     p = check_real("dropout", value)
     if not 0.0 <= p <= 1.0:

@@ -23,6 +23,7 @@ that :func:`phased_lstm.ops.backends.plan` picks for both.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -30,13 +31,15 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils import parametrize
+from torch.nn.utils.rnn import PackedSequence
 
 from . import _checks
 from .ops import backends
 from .ops.backends import check_backend
 from .ops.fused import needs_grad
 from .ops.gate import sequence_gate
+from .ops.kernels import kernel_module
 
 DEFAULT_PERIOD_RANGE = (math.e, math.e**3)
 # Steps per chunk of a forward pass that needs no gradient (bounds its memory, not its result).
@@ -286,6 +289,58 @@ def _prepare_steps(
     return steps
 
 
+# ------------------------------------------------------------------------ the streaming step
+def _make_stream(module: _PhasedModule):
+    """The compiled streaming step prepared from ``module``'s tensors, or ``False`` where it
+    does not apply: training with a leak or dropout (every neuron moves, or the layers draw
+    random numbers), a bidirectional layer (the reverse direction needs the whole sequence),
+    another backend asked for, tensors off the CPU or not float32/float64, parametrised
+    weights, or kernels that could not be built (the general path warns about those)."""
+    settings = module.settings
+    if settings.backend not in ("auto", "sparse"):
+        return False
+    if module.training and (settings.leak > 0 or getattr(module, "dropout", 0.0) > 0):
+        return False
+    if getattr(module, "bidirectional", False) or parametrize.is_parametrized(module):
+        return False
+    tensors = [
+        t for t in (*module._parameters.values(), *module._buffers.values()) if t is not None
+    ]
+    dtype = tensors[0].dtype
+    if dtype not in (torch.float32, torch.float64) or any(
+        t.dtype != dtype or t.device.type != "cpu" for t in tensors
+    ):
+        return False
+    extension = kernel_module()
+    if extension is None:
+        return False
+    suffixes = (
+        [""] if isinstance(module, PhasedLSTMCell) else [f"_l{k}" for k in range(module.num_layers)]
+    )
+    parts: dict[str, list] = {name: [] for name in ("w_ih", "w_hh", "bias", "w_ch", "gate")}
+    with torch.no_grad():
+        for suffix in suffixes:
+            weights = module._weights(suffix)
+            parts["w_ih"].append(weights.weight_ih.detach())
+            parts["w_hh"].append(weights.weight_hh.detach())
+            bias = None if weights.bias_ih is None else weights.bias_ih + weights.bias_hh
+            parts["bias"].append(bias)
+            parts["w_ch"].append(None if weights.weight_ch is None else weights.weight_ch.detach())
+            parts["gate"].append(_gate_values(weights))
+    period, shift, r_on = (list(values) for values in zip(*parts["gate"], strict=True))
+    return extension.Stream(
+        parts["w_ih"],
+        parts["w_hh"],
+        parts["bias"],
+        parts["w_ch"],
+        period,
+        shift,
+        r_on,
+        tensors,
+        getattr(module, "batch_first", False),
+    )
+
+
 # ----------------------------------------------------------------------- the shared base
 class _PhasedModule(nn.Module):
     """What the cell and the layer share: settings, parameters by layer-direction, the gate
@@ -311,6 +366,53 @@ class _PhasedModule(nn.Module):
         self.settings = settings
         # period_l0, r_on_l1_reverse, ...: derived values read by name (see __getattr__).
         self._derived_names: dict[str, tuple[str, str]] = {}
+
+    @property
+    def settings(self) -> TimeGateSettings:
+        """The keyword settings, one frozen :class:`TimeGateSettings`."""
+        return self.__dict__["_settings"]
+
+    @settings.setter
+    def settings(self, value: TimeGateSettings) -> None:
+        if not isinstance(value, TimeGateSettings):
+            raise TypeError(f"settings must be a TimeGateSettings, got {type(value).__name__}")
+        self.__dict__["_settings"] = value
+        self.__dict__["_stream"] = None
+
+    # ----------------------------------------------------------- the streaming step's cache
+    # The streaming step (ops/csrc/stream.cpp) holds what it computes with, prepared once from
+    # this module's tensors. It notices in-place changes itself (version counters and storage);
+    # what replaces a tensor, converts the module or changes its mode or settings forgets it.
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        if isinstance(value, Tensor) or name == "training":
+            self.__dict__["_stream"] = None
+
+    def _apply(self, fn, recurse=True):
+        result = super()._apply(fn, recurse)
+        self.__dict__["_stream"] = None
+        return result
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state["_stream"] = None  # not picklable, and rebuilt on the next call anyway
+        return state
+
+    def _stream_call(self, method: str, *args):
+        """The streaming step's ``method`` (``"layer"`` or ``"cell"``) for these inputs, or
+        ``None`` where it does not apply (then the general path runs, and validates)."""
+        stream = self.__dict__.get("_stream")
+        if stream is None:
+            stream = self.__dict__["_stream"] = _make_stream(self)
+        if stream is False:
+            return None
+        result = getattr(stream, method)(*args, 0.0)
+        if result is NotImplemented:  # a tensor changed in place since it was prepared
+            stream = self.__dict__["_stream"] = _make_stream(self)
+            if stream is False:
+                return None
+            result = getattr(stream, method)(*args, 0.0)
+        return result
 
     def _add_direction(self, suffix: str, input_size: int, bias: bool) -> None:
         _create_direction(self, suffix, input_size, self.hidden_size, bias)
@@ -554,6 +656,11 @@ class PhasedLSTMCell(_PhasedModule):
     def forward(
         self, x: Tensor, t: Tensor | float, hx: tuple[Tensor, Tensor] | None = None
     ) -> tuple[Tensor, Tensor]:
+        if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            # One event without gradients: the streaming step, when it can take it.
+            result = self._stream_call("cell", x, t, hx)
+            if result is not None:
+                return result
         x = _checks.check_tensor("x", x)
         if x.dim() not in (1, 2):
             raise ValueError(
@@ -730,6 +837,13 @@ class PhasedLSTM(_PhasedModule):
                 self._add_direction(suffix, layer_input, self.bias)
         self.reset_parameters()
 
+    def stream(
+        self, batch_size: int = 1, hx: tuple[Tensor, Tensor] | None = None
+    ) -> PhasedLSTMStream:
+        """A :class:`PhasedLSTMStream` that runs this layer event by event from ``hx`` (zeros
+        by default) for ``batch_size`` independent streams."""
+        return PhasedLSTMStream(self, batch_size, hx)
+
     def _suffixes(self, layer: int) -> list[str]:
         suffix = f"_l{layer}"
         return [suffix, suffix + "_reverse"] if self.bidirectional else [suffix]
@@ -790,47 +904,47 @@ class PhasedLSTM(_PhasedModule):
         hx: tuple[Tensor, Tensor] | None = None,
         lengths: Tensor | None = None,
     ):
-        packed = isinstance(input, PackedSequence)
-        if packed:
-            x, lengths, times = self._unpack(input, times, lengths)
-            unbatched = False
-        else:
-            x = _checks.check_tensor("input", input)
-            if x.dim() not in (2, 3):
-                layout = "(N, L, H_in)" if self.batch_first else "(L, N, H_in)"
-                raise ValueError(
-                    f"input must have shape {layout} or (L, H_in), got {_checks.shape_str(x.shape)}"
-                )
-            unbatched = x.dim() == 2
-            if unbatched:
-                x = x.unsqueeze(1)
-                if lengths is not None:
-                    raise ValueError("lengths must be None for unbatched (L, H_in) input")
-            elif self.batch_first:
-                x = x.transpose(0, 1)
+        if lengths is None and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            # A few events without gradients: the streaming step, when it can take them.
+            result = self._stream_call("layer", input, times, hx)
+            if result is not None:
+                return result
+        if isinstance(input, PackedSequence):
+            return self._forward_packed(input, times, hx, lengths)
+        x = _checks.check_tensor("input", input)
+        if x.dim() not in (2, 3):
+            layout = "(N, L, H_in)" if self.batch_first else "(L, N, H_in)"
+            raise ValueError(
+                f"input must have shape {layout} or (L, H_in), got {_checks.shape_str(x.shape)}"
+            )
+        unbatched = x.dim() == 2
+        if unbatched:
+            x = x.unsqueeze(1)
+            if lengths is not None:
+                raise ValueError("lengths must be None for unbatched (L, H_in) input")
+        elif self.batch_first:
+            x = x.transpose(0, 1)
         self._check_input_features(x)
         length, batch = x.shape[0], x.shape[1]
-        if not packed:
-            times = self._time_major_times(times, (length, batch), unbatched)
+        times = self._time_major_times(times, (length, batch), unbatched)
         steps = _prepare_steps(times, lengths, x.device)
-        h0, c0 = self._initial_state(hx, x, unbatched)
+        h0, c0 = self._initial_state(hx, batch, x, unbatched)
 
         order, batch_sizes = steps.padding_order()
         if order is None:
-            output, h_n, c_n = self._forward_time_major(x, steps, h0, c0, batch_sizes)
+            output, h_n, c_n = self._run_padded(x, steps, h0, c0, batch_sizes)
         else:
             # Sorted by length, longest first, the valid samples of every step are the leading
             # rows, and the recurrence computes only those (batch_sizes).
             # index_select, not x[:, order]: the backward of advanced indexing is an
             # accumulating index_put, several times slower than index_select's index_add.
-            host_order = order.cpu()
             sorted_steps = _Steps(
                 steps.times.index_select(1, order),
                 steps.mask.index_select(1, order),
-                steps.lengths.index_select(0, host_order),
+                steps.lengths.index_select(0, order.cpu()),
                 steps.device_lengths.index_select(0, order),
             )
-            output, h_n, c_n = self._forward_time_major(
+            output, h_n, c_n = self._run_padded(
                 x.index_select(1, order),
                 sorted_steps,
                 h0.index_select(1, order),
@@ -840,33 +954,85 @@ class PhasedLSTM(_PhasedModule):
             restore = torch.argsort(order)
             output, h_n, c_n = (t.index_select(1, restore) for t in (output, h_n, c_n))
 
-        if packed:
-            return self._repack(output, steps.lengths, input), (h_n, c_n)
         if unbatched:
             return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
         if self.batch_first:
             output = output.transpose(0, 1)
         return output, (h_n, c_n)
 
-    def _forward_time_major(self, x, steps: _Steps, h0, c0, batch_sizes):
+    def _run_padded(self, x, steps: _Steps, h0, c0, batch_sizes):
+        """All layers over time-major ``x`` (L, N, H_in) of a batch in the sorted order that
+        ``batch_sizes`` (if any) describes."""
         mask = steps.mask
-        reverse_index = None
+        reverse = None
         if self.bidirectional:
-            reverse_index = _reverse_index(x.shape[0], x.shape[1], steps.device_lengths, x.device)
+            index = _reverse_index(x.shape[0], x.shape[1], steps.device_lengths, x.device)
+            reverse = functools.partial(_gather_steps, index=index)
+        return self._run_layers(x, steps.times, mask, h0, c0, batch_sizes, reverse)
+
+    def _forward_packed(self, input: PackedSequence, times: object, hx, lengths: object):
+        """A PackedSequence runs in its own layout: its data, ``batch_sizes`` and order go to
+        the recurrence as they are (no padding, sorting or re-packing)."""
+        if lengths is not None:
+            raise ValueError("lengths must be None when input is a PackedSequence (it has its own)")
+        if not isinstance(times, PackedSequence):
+            raise TypeError(
+                "times must be a PackedSequence packed like input when input is one, "
+                f"got {type(times).__name__}"
+            )
+        if not torch.equal(times.batch_sizes, input.batch_sizes) or not _same_optional(
+            times.sorted_indices, input.sorted_indices
+        ):
+            raise ValueError("times must be packed exactly like input (same lengths and order)")
+        if times.data.dim() != 1:
+            raise ValueError(
+                "times must be a PackedSequence of scalar timestamps, data of shape (S,), "
+                f"got {_checks.shape_str(times.data.shape)}"
+            )
+        x = input.data
+        self._check_input_features(x)
+        data = _checks.check_times(times.data, tuple(times.data.shape), "(S,)", finite=False)
+        _check_device("times", data, x.device)
+        if _values_checkable(data):
+            _checks.check_finite_times(data)
+        batch_sizes = input.batch_sizes
+        batch = int(batch_sizes[0]) if batch_sizes.numel() else 0
+        h0, c0 = self._initial_state(hx, batch, x, False)
+        if input.sorted_indices is not None:  # hx comes in the caller's order
+            h0, c0 = (
+                h0.index_select(1, input.sorted_indices),
+                c0.index_select(1, input.sorted_indices),
+            )
+        reverse = None
+        if self.bidirectional:
+            index = _packed_reverse_index(batch_sizes).to(x.device)
+            reverse = functools.partial(torch.index_select, dim=0, index=index)
+        output, h_n, c_n = self._run_layers(x, data, None, h0, c0, batch_sizes, reverse)
+        if input.unsorted_indices is not None:
+            h_n, c_n = (
+                h_n.index_select(1, input.unsorted_indices),
+                c_n.index_select(1, input.unsorted_indices),
+            )
+        packed = PackedSequence(output, batch_sizes, input.sorted_indices, input.unsorted_indices)
+        return packed, (h_n, c_n)
+
+    def _run_layers(self, x, times, mask, h0, c0, batch_sizes, reverse):
+        """Every layer and direction; ``reverse`` maps steps to their order in the reverse
+        direction (an involution: it maps the outputs back too)."""
         layer_input = x
         h_n, c_n = [], []
         for layer in range(self.num_layers):
             outputs = []
             for direction, suffix in enumerate(self._suffixes(layer)):
                 index = layer * len(self._suffixes(layer)) + direction
-                inp, t = layer_input, steps.times
+                inp, t = layer_input, times
                 if direction == 1:
-                    inp, t = _gather_steps(inp, reverse_index), _gather_steps(t, reverse_index)
+                    inp, t = reverse(inp), reverse(t)
                 h_seq, h_last, c_last = self._run_direction(
                     suffix, inp, t, mask, h0[index], c0[index], batch_sizes
                 )
                 if direction == 1:
-                    h_seq = _gather_steps(h_seq, reverse_index)
+                    h_seq = reverse(h_seq)
                 outputs.append(h_seq)
                 h_n.append(h_last)
                 c_n.append(c_last)
@@ -889,9 +1055,9 @@ class PhasedLSTM(_PhasedModule):
             )
         _check_device("the parameters", self.weight_ih_l0, x.device)
 
-    def _initial_state(self, hx, x: Tensor, unbatched: bool) -> tuple[Tensor, Tensor]:
+    def _initial_state(self, hx, batch: int, x: Tensor, unbatched: bool) -> tuple[Tensor, Tensor]:
+        """``(h_0, c_0)`` of shape ``(D * num_layers, N, H)``, checked, or zeros like ``x``."""
         states = self.num_layers * (2 if self.bidirectional else 1)
-        batch = x.shape[1]
         if hx is None:
             zeros = x.new_zeros((states, batch, self.hidden_size))
             return zeros, zeros
@@ -902,41 +1068,6 @@ class PhasedLSTM(_PhasedModule):
         if unbatched:
             h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
         return h0, c0
-
-    @staticmethod
-    def _unpack(input: PackedSequence, times: object, lengths: object):
-        if lengths is not None:
-            raise ValueError("lengths must be None when input is a PackedSequence (it has its own)")
-        if not isinstance(times, PackedSequence):
-            raise TypeError(
-                "times must be a PackedSequence packed like input when input is one, "
-                f"got {type(times).__name__}"
-            )
-        if not torch.equal(times.batch_sizes, input.batch_sizes) or not _same_optional(
-            times.sorted_indices, input.sorted_indices
-        ):
-            raise ValueError("times must be packed exactly like input (same lengths and order)")
-        if times.data.dim() != 1:
-            raise ValueError(
-                "times must be a PackedSequence of scalar timestamps, data of shape (S,), "
-                f"got {_checks.shape_str(times.data.shape)}"
-            )
-        x, lengths = pad_packed_sequence(input)
-        t, _ = pad_packed_sequence(times)
-        _checks.check_times(t, tuple(t.shape), "(L, N)", finite=False)
-        return x, lengths, t
-
-    @staticmethod
-    def _repack(output: Tensor, lengths: Tensor | None, like: PackedSequence) -> PackedSequence:
-        if lengths is None:
-            lengths = torch.full((output.shape[1],), output.shape[0], dtype=torch.int64)
-        order = like.sorted_indices
-        if order is not None:
-            output, lengths = output[:, order], lengths[order.to(lengths.device)]
-        packed = pack_padded_sequence(output, lengths.cpu(), enforce_sorted=True)
-        return PackedSequence(
-            packed.data, packed.batch_sizes, like.sorted_indices, like.unsorted_indices
-        )
 
     @torch.no_grad()
     def update_fraction(self, times: Tensor, lengths: Tensor | None = None) -> float:
@@ -988,6 +1119,109 @@ class PhasedLSTM(_PhasedModule):
         return total / directions
 
 
+class PhasedLSTMStream:
+    """A unidirectional :class:`PhasedLSTM` run event by event, its state held inside.
+
+    Made by :meth:`PhasedLSTM.stream`. Each call advances the state over one event per sample
+    (or a few) and returns the last layer's ``h`` after each; it runs without gradients, as
+    under ``torch.no_grad()``. On the CPU (float32 or float64) each call is one compiled step
+    that computes only the neurons whose time gate is open; elsewhere it runs the layer's
+    general path, with the same results.
+
+    Inputs: x, t
+        * **x**: ``(N, H_in)``, one event per sample; ``(H_in,)`` when ``N = 1``; or
+          ``(L, N, H_in)``, ``L`` events per sample in time order (time-major, whatever the
+          layer's ``batch_first``).
+        * **t**: the events' timestamps: a number or a 0-dim tensor shared by the batch,
+          ``(N,)``, or ``(L, N)`` with ``L`` events. Prefer float64 (see :class:`PhasedLSTM`).
+
+    Output: h
+        ``(N, H)``, ``(H,)`` for ``(H_in,)`` input, or ``(L, N, H)``: the last layer's hidden
+        state after each event. A new tensor each call.
+
+    Example::
+
+        >>> layer = PhasedLSTM(2, 8, num_layers=2).eval()
+        >>> stream = layer.stream()
+        >>> for t in (0.3, 1.1, 2.9):
+        ...     h = stream(torch.randn(2), t)
+        >>> h.shape, stream.state[0].shape
+        (torch.Size([8]), torch.Size([2, 1, 8]))
+    """
+
+    def __init__(
+        self,
+        layer: PhasedLSTM,
+        batch_size: int = 1,
+        hx: tuple[Tensor, Tensor] | None = None,
+    ) -> None:
+        if not isinstance(layer, PhasedLSTM):
+            raise TypeError(f"layer must be a PhasedLSTM, got {type(layer).__name__}")
+        if layer.bidirectional:
+            raise ValueError(
+                "a bidirectional PhasedLSTM cannot stream events: its reverse direction reads "
+                "each sequence from its end"
+            )
+        self.layer = layer
+        self.batch_size = _checks.check_positive_int("batch_size", batch_size)
+        self.reset(hx)
+
+    @property
+    def state(self) -> tuple[Tensor, Tensor]:
+        """``(h, c)``, each ``(num_layers, N, H)``: the state after the last event."""
+        return self._h, self._c
+
+    def reset(self, hx: tuple[Tensor, Tensor] | None = None) -> None:
+        """Start again from ``hx`` (``(num_layers, N, H)`` each), or from zeros."""
+        layer = self.layer
+        shape = (layer.num_layers, self.batch_size, layer.hidden_size)
+        like = layer.weight_hh_l0
+        if hx is None:
+            self._h = torch.zeros(shape, dtype=like.dtype, device=like.device)
+            self._c = torch.zeros(shape, dtype=like.dtype, device=like.device)
+        else:
+            h0, c0 = _checks.check_hx(hx, shape, like.dtype)
+            self._h = h0.detach().clone(memory_format=torch.contiguous_format)
+            self._c = c0.detach().clone(memory_format=torch.contiguous_format)
+
+    def __call__(self, x: Tensor, t: Tensor | float) -> Tensor:
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                return self(x, t)
+        if not torch.compiler.is_compiling() and isinstance(x, Tensor):
+            single = x.dim() == 1 and self.batch_size == 1
+            events = x.unsqueeze(0) if single else x
+            out = self.layer._stream_call("advance", events, t, self._h, self._c)
+            if out is not None:
+                return out[0] if single else out
+        return self._general(x, t)
+
+    def _general(self, x: Tensor, t: Tensor | float) -> Tensor:
+        """The same through the layer's general path (which validates)."""
+        x = _checks.check_tensor("x", x)
+        if x.dim() not in (1, 2, 3) or (x.dim() == 1 and self.batch_size != 1):
+            raise ValueError(
+                f"x must have shape (N, H_in) = ({self.batch_size}, H_in), (L, N, H_in)"
+                f"{' or (H_in,)' if self.batch_size == 1 else ''}, "
+                f"got {_checks.shape_str(x.shape)}"
+            )
+        single = x.dim() == 1
+        events = x.reshape(1, 1, -1) if single else x.unsqueeze(0) if x.dim() == 2 else x
+        length = events.shape[0]
+        if not isinstance(t, Tensor):
+            t = torch.tensor(_checks.check_real("t", t), dtype=torch.float64, device=x.device)
+        times = t.expand(length, self.batch_size) if t.dim() == 0 else t
+        if x.dim() != 3 and times.dim() == 1:
+            times = times.unsqueeze(0)
+        if self.layer.batch_first:
+            events, times = events.transpose(0, 1), times.transpose(0, 1)
+        out, (h, c) = self.layer(events, times, (self._h, self._c))
+        self._h, self._c = h, c
+        if self.layer.batch_first:
+            out = out.transpose(0, 1)
+        return out[0, 0] if single else out[0] if x.dim() == 2 else out
+
+
 def _same_optional(a: Tensor | None, b: Tensor | None) -> bool:
     if a is None or b is None:
         return a is None and b is None
@@ -1005,11 +1239,32 @@ def _reverse_index(length: int, batch: int, lengths: Tensor | None, device) -> T
     return torch.where(steps < lengths, lengths - 1 - steps, steps)
 
 
-def _gather_steps(values: Tensor, index: Tensor) -> Tensor:
+def _packed_reverse_index(batch_sizes: Tensor) -> Tensor:
+    """(S,) row index of packed data that reverses each sample's steps (an involution).
+
+    Row (t, n) of the packed layout holds step t of sample n; it trades places with step
+    ``length_n - 1 - t`` of the same sample.
+    """
+    sizes = batch_sizes.to(torch.int64)
+    batch = int(sizes[0]) if sizes.numel() else 0
+    offsets = sizes.cumsum(0) - sizes
+    present = torch.arange(batch).unsqueeze(0) < sizes.unsqueeze(1)  # (L, N)
+    step, sample = present.nonzero(as_tuple=True)  # in the packed order
+    lengths = present.sum(0)
+    return offsets[lengths[sample] - 1 - step] + sample
+
+
+def _gather_steps(values: Tensor, *, index: Tensor) -> Tensor:
     """values[index[t, n], n, ...] for (L, N) or (L, N, F) values."""
     if values.dim() == 3:
         index = index.unsqueeze(-1).expand(-1, -1, values.shape[-1])
     return values.gather(0, index)
 
 
-__all__ = ["PhasedLSTM", "PhasedLSTMCell", "TimeGateSettings", "TimeGateValues"]
+__all__ = [
+    "PhasedLSTM",
+    "PhasedLSTMCell",
+    "PhasedLSTMStream",
+    "TimeGateSettings",
+    "TimeGateValues",
+]

@@ -22,6 +22,15 @@ nn.LSTM reads the same input without the timestamps. Columns:
   held before the step (Linux: the VmHWM high-water mark, reset just before the step; elsewhere
   the growth of ru_maxrss). All of torch's CPU allocations are in it, nothing of Python's setup.
 
+The ``events-*`` configs time streaming instead: one event per call, B = 1, I = 40, models in
+eval mode under ``torch.inference_mode()``, r_on 0.05, periods in the units of the event times
+(the default range, e to e^3) and events about one unit apart, so that every gate opens and
+closes many times. PhasedLSTMCell is timed against nn.LSTMCell; a 2-layer PhasedLSTM called
+per event (``layer(x[j:j+1], t[j:j+1], hx)``) and its :class:`~phased_lstm.PhasedLSTMStream`
+against nn.LSTM called per event and two stacked nn.LSTMCells (the fastest way to stream an
+LSTM in PyTorch). The ratio is against the fastest baseline; run with ``--threads 1`` and
+``--threads 2``.
+
 The machine's other load shows in the numbers; run it on an otherwise idle machine.
 """
 
@@ -46,7 +55,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import phased_lstm
-from phased_lstm import PhasedLSTM
+from phased_lstm import PhasedLSTM, PhasedLSTMCell
 from phased_lstm.ops import available_backends
 
 PROG = "phased-lstm bench"
@@ -103,7 +112,47 @@ CONFIGS: dict[str, BenchConfig] = {
         BenchConfig("quick-eval", False, 1, 200, 3, 64),
     )
 }
-DEFAULT_CONFIGS = ("paper-train", "lengths-train", "h512-train", "stream-eval", "batch-eval")
+
+
+@dataclass(frozen=True)
+class EventConfig:
+    """One streaming shape: a cell (``num_layers`` 0) or a layer called once per event."""
+
+    name: str
+    num_layers: int
+    hidden_size: int
+    events: int
+    input_size: int = 40
+    r_on: float = 0.05
+    # The issue's targets: PhasedLSTM time / the fastest baseline's.
+    target: float | None = None
+
+    def describe(self) -> str:
+        model = "cell" if self.num_layers == 0 else f"{self.num_layers}-layer"
+        return f"{self.name}: {model} per event B=1 I={self.input_size} H={self.hidden_size}"
+
+
+EVENT_CONFIGS: dict[str, EventConfig] = {
+    c.name: c
+    for c in (
+        EventConfig("events-cell-h110", 0, 110, 400, target=1.0),
+        EventConfig("events-cell-h512", 0, 512, 200, target=0.3),
+        EventConfig("events-2layer-h110", 2, 110, 400, target=0.5),
+        EventConfig("events-2layer-h512", 2, 512, 100, target=0.2),
+        EventConfig("events-smoke", 2, 16, 20, input_size=3),
+    )
+}
+DEFAULT_CONFIGS = (
+    "paper-train",
+    "lengths-train",
+    "h512-train",
+    "stream-eval",
+    "batch-eval",
+    "events-cell-h110",
+    "events-cell-h512",
+    "events-2layer-h110",
+    "events-2layer-h512",
+)
 QUICK_CONFIGS = ("quick-train", "quick-eval")
 MODELS = ("plstm", "lstm")
 
@@ -274,6 +323,140 @@ def peak_mib_in_subprocess(config: BenchConfig, model: str, backend: str) -> flo
     return float(result.stdout.strip().splitlines()[-1])
 
 
+# ------------------------------------------------------------------------ event streaming
+EVENT_MODELS = ("plstm", "stream", "lstm", "lstm_cell", "cells")
+
+
+def _event_steps(config: EventConfig, seed: int = 0) -> tuple[dict[str, Callable[[], None]], float]:
+    """One callable per model that runs all of the config's events, one call per event, and
+    the share of neuron-events whose gate was open (update fraction)."""
+    c = config
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(c.events, 1, c.input_size, generator=gen)
+    gaps = torch.empty(c.events, 1, dtype=torch.float64).exponential_(1.0, generator=gen)
+    times = gaps.cumsum(0)
+    hidden = c.hidden_size
+    steps: dict[str, Callable[[], None]] = {}
+    if c.num_layers == 0:
+        cell = PhasedLSTMCell(c.input_size, hidden, r_on=c.r_on).eval()
+        lstm_cell = nn.LSTMCell(c.input_size, hidden).eval()
+
+        def plstm_cell() -> None:
+            h = c_ = torch.zeros(1, hidden)
+            for j in range(c.events):
+                h, c_ = cell(x[j], times[j], (h, c_))
+
+        def baseline_cell() -> None:
+            h = c_ = torch.zeros(1, hidden)
+            for j in range(c.events):
+                h, c_ = lstm_cell(x[j], (h, c_))
+
+        steps = {"plstm": plstm_cell, "lstm_cell": baseline_cell}
+        layer = PhasedLSTM(c.input_size, hidden, r_on=c.r_on)
+        layer.load_state_dict({f"{k}_l0": v for k, v in cell.state_dict().items()})
+    else:
+        layer = PhasedLSTM(c.input_size, hidden, c.num_layers, r_on=c.r_on).eval()
+        lstm = nn.LSTM(c.input_size, hidden, c.num_layers).eval()
+        cells = [nn.LSTMCell(c.input_size if n == 0 else hidden, hidden).eval() for n in range(2)]
+        zeros = torch.zeros(c.num_layers, 1, hidden)
+
+        def plstm_layer() -> None:
+            hx = (zeros, zeros)
+            for j in range(c.events):
+                _, hx = layer(x[j : j + 1], times[j : j + 1], hx)
+
+        def plstm_stream() -> None:
+            stream = layer.stream()
+            for j in range(c.events):
+                stream(x[j], times[j])
+
+        def lstm_layer() -> None:
+            hx = (zeros, zeros)
+            for j in range(c.events):
+                _, hx = lstm(x[j : j + 1], hx)
+
+        def two_cells() -> None:
+            states = [(zeros[0], zeros[0]), (zeros[0], zeros[0])]
+            for j in range(c.events):
+                inp = x[j]
+                for n, lstm_cell in enumerate(cells):
+                    states[n] = lstm_cell(inp, states[n])
+                    inp = states[n][0]
+
+        steps = {
+            "plstm": plstm_layer,
+            "stream": plstm_stream,
+            "lstm": lstm_layer,
+            "cells": two_cells,
+        }
+    return steps, layer.eval().update_fraction(times)
+
+
+@dataclass(frozen=True)
+class EventRow:
+    config: EventConfig
+    us: dict[str, float]  # microseconds per event, by model
+    update_fraction: float
+
+    def baseline(self) -> float:
+        return min(self.us[m] for m in ("lstm", "lstm_cell", "cells") if m in self.us)
+
+    def ratio(self, model: str = "plstm") -> float:
+        return self.us[model] / self.baseline()
+
+
+def run_event_config(config: EventConfig, *, warmup: int, repeats: int) -> EventRow:
+    steps, fraction = _event_steps(config)
+    with torch.inference_mode():
+        times = _time_interleaved(steps, warmup, repeats)
+    us = {name: 1e3 * ms / config.events for name, ms in times.items()}
+    return EventRow(config, us, fraction)
+
+
+def format_event_table(rows: list[EventRow]) -> str:
+    def num(value: float | None, fmt: str = ".1f") -> str:
+        return "-" if value is None else format(value, fmt)
+
+    header = (
+        "| config | PhasedLSTM us/event | PhasedLSTMStream us/event | nn.LSTMCell us/event "
+        "| nn.LSTM us/event | 2 nn.LSTMCells us/event | ratio | stream ratio | target "
+        "| PhasedLSTM events/s | gates open |"
+    )
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for row in rows:
+        us = row.us
+        stream_ratio = row.ratio("stream") if "stream" in us else None
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    row.config.describe(),
+                    num(us.get("plstm")),
+                    num(us.get("stream")),
+                    num(us.get("lstm_cell")),
+                    num(us.get("lstm")),
+                    num(us.get("cells")),
+                    num(row.ratio(), ".2f"),
+                    num(stream_ratio, ".2f"),
+                    "-" if row.config.target is None else f"<= {row.config.target:g}",
+                    num(1e6 / us["plstm"], ",.0f"),
+                    f"{row.update_fraction:.1%}",
+                ]
+            )
+            + " |"
+        )
+    for row in rows:
+        if row.config.num_layers == 2 and row.config.hidden_size == 110:
+            lines.append(
+                f"\nThroughput of a 2-layer H=110 stream: {1e6 / row.us['plstm']:,.0f} events/s "
+                f"calling the layer per event, {1e6 / row.us['stream']:,.0f} events/s with "
+                f"PhasedLSTMStream (nn.LSTM per event: {1e6 / row.us['lstm']:,.0f}, two "
+                f"nn.LSTMCells: {1e6 / row.us['cells']:,.0f})."
+            )
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------- the table
 @dataclass(frozen=True)
 class BenchRow:
@@ -371,7 +554,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--configs",
         default=None,
-        help=f"comma-separated configs to run, from {', '.join(CONFIGS)} "
+        help=f"comma-separated configs to run, from {', '.join({**CONFIGS, **EVENT_CONFIGS})} "
         f"(default: {','.join(DEFAULT_CONFIGS)})",
     )
     parser.add_argument(
@@ -411,10 +594,11 @@ def _config_names(text: str | None, quick: bool, parser: argparse.ArgumentParser
     if text is None:
         return list(QUICK_CONFIGS if quick else DEFAULT_CONFIGS)
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in CONFIGS]
+    known = {**CONFIGS, **EVENT_CONFIGS}
+    unknown = [name for name in names if name not in known]
     if unknown or not names:
         parser.error(
-            f"unknown config {', '.join(unknown) or text!r}; choose from {', '.join(CONFIGS)}"
+            f"unknown config {', '.join(unknown) or text!r}; choose from {', '.join(known)}"
         )
     return names
 
@@ -446,16 +630,25 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     )
     rows = []
     for name in names:
-        rows.append(
-            run_config(
-                CONFIGS[name],
-                backend=args.backend,
-                warmup=warmup,
-                repeats=repeats,
-                memory=not args.no_memory,
+        if name in CONFIGS:
+            rows.append(
+                run_config(
+                    CONFIGS[name],
+                    backend=args.backend,
+                    warmup=warmup,
+                    repeats=repeats,
+                    memory=not args.no_memory,
+                )
             )
-        )
-    print(format_table(rows))
+    if rows:
+        print(format_table(rows))
+    event_rows = [
+        run_event_config(EVENT_CONFIGS[name], warmup=warmup, repeats=repeats)
+        for name in names
+        if name in EVENT_CONFIGS
+    ]
+    if event_rows:
+        print(("\n" if rows else "") + format_event_table(event_rows))
     return 0
 
 

@@ -29,8 +29,8 @@ from .backends import (
     choose,
     register_backend,
 )
-from .build import build_kernels
 from .fused import fused_recurrence, sparse_recurrence
+from .kernels import build_kernels
 from .reference import reference_recurrence
 
 _CPU_FLOATS = (torch.float32, torch.float64)
@@ -43,6 +43,7 @@ register_backend(
         devices=("cpu",),
         dtypes=_CPU_FLOATS,
         gradients=True,
+        packed=True,
         needs_kernels=True,
         kernel_gate=True,
         priority=10,
@@ -55,6 +56,7 @@ register_backend(
         devices=("cpu",),
         dtypes=_CPU_FLOATS,
         gradients=False,
+        packed=True,
         needs_kernels=True,
         kernel_gate=True,
         priority=20,
@@ -81,9 +83,17 @@ def recurrence(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The time-gated LSTM recurrence of one layer and direction.
 
+    Two layouts: padded, ``gates_x`` ``(L, N, 4H)`` and ``k`` ``(L, N, H)``; or packed, the
+    ``data`` of a PackedSequence, ``gates_x`` ``(S, 4H)`` and ``k`` ``(S, H)`` with
+    ``batch_sizes``: step ``t`` is the next ``batch_sizes[t]`` rows, for the samples
+    ``0 .. batch_sizes[t] - 1`` (sorted longest first); then ``h`` is ``(S, H)`` too, and
+    ``h_n``, ``c_n`` are each sample's state after its last step.
+
     Args:
-        gates_x: ``(L, N, 4H)`` input projections ``x W_ih^T + b_ih + b_hh``, gates (i, f, g, o).
-        k: ``(L, N, H)`` time-gate openness of every step; padded steps carry ``k = 0``.
+        gates_x: ``(L, N, 4H)`` input projections ``x W_ih^T + b_ih + b_hh``, gates (i, f, g, o),
+            or ``(S, 4H)`` packed.
+        k: ``(L, N, H)`` time-gate openness of every step (padded steps carry ``k = 0``), or
+            ``(S, H)`` packed.
         weight_hh: ``(4H, H)`` recurrent weights.
         weight_ch: ``(3H,)`` peephole weights for (i, f, o) or ``None``.
         h0, c0: ``(N, H)`` initial states.
@@ -93,7 +103,8 @@ def recurrence(
             with). The peephole terms are added after that point, so the gradients of the
             peepholes and of the cell state are not clipped. The forward pass is unchanged.
             With a bound, gradients are first order only.
-        batch_sizes: ``None``, or ``(L,)`` int64 on the CPU, as a PackedSequence's: only the
+        batch_sizes: required in the packed layout; in the padded one ``None``, or ``(L,)``
+            int64 on the CPU, as a PackedSequence's: only the
             first ``batch_sizes[t]`` samples are valid at step ``t`` (sort the batch by length,
             longest first). The other rows are padding: their state is held whatever ``k``
             says, and their ``gates_x`` and ``k`` get zero gradient. The compiled backends
@@ -101,13 +112,18 @@ def recurrence(
         backend: a name from :func:`available_backends`.
 
     Returns:
-        ``(h, h_n, c_n)``: the hidden state after every step ``(L, N, H)`` and the final states.
+        ``(h, h_n, c_n)``: the hidden state after every step, ``(L, N, H)`` (or ``(S, H)``
+        packed), and the final states ``(N, H)``.
     """
     clip = math.inf if grad_clip is None else _checks.check_grad_clip(grad_clip)
-    if batch_sizes is not None:
+    packed = gates_x.dim() == 2
+    if packed:
+        batch_sizes = _checks.check_packed_batch_sizes(batch_sizes, gates_x.shape[0], h0.shape[0])
+    elif batch_sizes is not None:
         batch_sizes = _checks.check_batch_sizes(batch_sizes, gates_x.shape[0], gates_x.shape[1])
     tensors = (gates_x, k, weight_hh, weight_ch, h0, c0)
-    return _resolve(check_backend(backend), tensors)(*tensors, clip, batch_sizes)
+    call = call_of(tensors, packed=packed)
+    return choose(check_backend(backend), call).recurrence(*tensors, clip, batch_sizes)
 
 
 __all__ = [

@@ -173,7 +173,7 @@ def unsupported(backend: Backend, call: Call) -> str | None:
 
 def _unavailable(backend: Backend) -> str | None:
     if backend.needs_kernels:
-        from .build import build_error
+        from .kernels import build_error
 
         error = build_error()
         if error is not None:
@@ -198,7 +198,7 @@ def require(name: str, call: Call) -> Backend:
     error = _unavailable(backend)
     if error is not None:
         if backend.needs_kernels:
-            from .build import FIX
+            from .kernels import FIX
 
             raise RuntimeError(
                 f"backend={name!r} needs the C++ kernels, which could not be built ({error}). "
@@ -224,7 +224,7 @@ def choose(requested: str, call: Call) -> Backend:
         if unsupported(backend, call) is not None:
             continue
         if backend.needs_kernels:
-            from .build import kernels_available
+            from .kernels import kernels_available
 
             if not kernels_available(warn=True):
                 continue

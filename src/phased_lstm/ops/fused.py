@@ -40,7 +40,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .backends import call_of, require
-from .build import build_error, kernels_available
+from .kernels import build_error, kernels_available
 from .reference import reference_recurrence, valid_rows_of
 
 
@@ -56,12 +56,12 @@ def _contiguous(*tensors: Tensor | None) -> list[Tensor | None]:
 class _FusedRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gates_x, k, weight_hh, weight_ch, h0, c0, grad_clip, batch_sizes):
-        h, c, acts = torch.ops.phased_lstm.forward_train(
+        h, h_n, c_n, c, acts = torch.ops.phased_lstm.forward_train(
             gates_x, k, weight_hh, weight_ch, h0, c0, batch_sizes
         )
         ctx.save_for_backward(k, weight_hh, weight_ch, h0, c0, h, c, acts, batch_sizes)
         ctx.grad_clip = grad_clip
-        return h, h[-1].clone(), c[-1].clone()
+        return h, h_n, c_n
 
     @staticmethod
     @once_differentiable
@@ -108,17 +108,18 @@ def fused_recurrence(
     if needs_grad(*tensors):
         return _FusedRecurrence.apply(*tensors, grad_clip, batch_sizes)
     # Without gradients nothing needs saving; every step with an open neuron runs dense.
-    return torch.ops.phased_lstm.forward_infer(*_held_padding(tensors, batch_sizes), 0.0)
+    return torch.ops.phased_lstm.forward_infer(*_inference_args(tensors, batch_sizes), 0.0)
 
 
-def _held_padding(tensors, batch_sizes):
-    """The inference kernel skips neurons with k == 0: padding rows get k = 0, so that their
-    state is held as ``batch_sizes`` says, and skipped."""
-    if batch_sizes is None:
-        return tensors
+def _inference_args(tensors, batch_sizes):
+    """The inference kernel's tensors and batch_sizes. It skips neurons with k == 0: in the
+    padded layout the padding rows get k = 0, so that their state is held as ``batch_sizes``
+    says, and skipped; the packed layout has no padding and needs ``batch_sizes`` itself."""
     gates_x, k, *rest = tensors
+    if batch_sizes is None or gates_x.dim() == 2:
+        return (*tensors, batch_sizes)
     valid = valid_rows_of(batch_sizes, gates_x)
-    return (gates_x, torch.where(valid, k, torch.zeros((), dtype=k.dtype)), *rest)
+    return (gates_x, k.masked_fill(~valid, 0), *rest, None)
 
 
 def _dense_above(batch: int) -> float:
@@ -143,9 +144,9 @@ def sparse_recurrence(
     require("sparse", call_of(tensors))
     if gates_x.shape[0] == 0:
         return reference_recurrence(*tensors)
-    dense_above = _dense_above(gates_x.shape[1])
-    tensors = _held_padding(_contiguous(*tensors), batch_sizes)
-    return torch.ops.phased_lstm.forward_infer(*tensors, dense_above)
+    dense_above = _dense_above(h0.shape[0])
+    args = _inference_args(_contiguous(*tensors), batch_sizes)
+    return torch.ops.phased_lstm.forward_infer(*args, dense_above)
 
 
 __all__ = ["build_error", "fused_recurrence", "kernels_available", "sparse_recurrence"]
