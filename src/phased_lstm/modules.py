@@ -571,11 +571,14 @@ class PhasedLSTMCell(_PhasedModule):
 
     Inputs: x, t, hx
         * **x**: ``(N, H_in)`` or ``(H_in,)``.
-        * **t**: the step's timestamps, ``(N,)`` or a scalar shared by the batch.
+        * **t**: the step's timestamps, ``(N,)`` on the device of ``x``, or a number or 0-dim
+          tensor (any device) shared by the batch.
         * **hx**: optional pair ``(h, c)`` of ``(N, H)`` or ``(H,)``; zeros if omitted.
 
     Outputs: h', c'
         both ``(N, H)`` or ``(H,)``.
+
+    Dtypes, devices and the streaming step under ``torch.no_grad()``: as :class:`PhasedLSTM`.
 
     Example::
 
@@ -771,6 +774,24 @@ class PhasedLSTM(_PhasedModule):
 
     where ``L`` is the sequence length, ``N`` the batch size, ``H_in`` = ``input_size``,
     ``H`` = ``hidden_size`` and ``D`` = 2 if ``bidirectional`` else 1.
+
+    Dtypes and devices: any device PyTorch runs on (the compiled kernels on the CPU, the
+    reference loop elsewhere; see :func:`phased_lstm.ops.available_backends`), in float32,
+    float64, bfloat16 or float16. The phase is always computed in float64. A bfloat16 or
+    float16 layer computes its input projections in its dtype and its gate and recurrence in
+    float32 (a state carried over many steps would round its small updates away), and returns
+    its dtype: against the float32 layer with the same weights, outputs and states agree to
+    1e-2 (bfloat16) or 1e-3 (float16) absolute, gradients to 5e-2 or 5e-3 of each parameter's
+    largest. Under ``torch.autocast`` the input projections run in the autocast dtype and the
+    recurrence in float32; outputs come in the parameters' dtype. The checks that read values
+    synchronise with a CUDA device: once per call (finite ``times``), and once more if
+    ``lengths`` is on the GPU (give it on the CPU, as nn.utils.rnn does). They are skipped on
+    the meta device and while torch.compile or torch.export trace the layer.
+
+    Event by event: under ``torch.no_grad()``/``torch.inference_mode()`` a call with a few steps
+    and no ``lengths`` (eval mode, CPU, float32/float64, unidirectional) takes a streaming step
+    that runs the gate and the update of the open neurons of every layer in one compiled call;
+    :meth:`stream` returns a :class:`PhasedLSTMStream` that holds the state as well.
 
     Example::
 
@@ -1092,6 +1113,11 @@ class PhasedLSTM(_PhasedModule):
                 f"times must have shape {layout} or (L,), got {_checks.shape_str(times.shape)}"
             )
         times = _checks.check_times(times, tuple(times.shape), "(L, N)", finite=False)
+        if times.device.type == "meta":
+            raise ValueError(
+                "update_fraction counts open gates, which needs timestamps with values; "
+                "times on the meta device have none"
+            )
         steps = _prepare_steps(times, lengths, times.device)
         count = steps.valid_count
         if count == 0:
