@@ -213,8 +213,9 @@ class _Steps:
         times: ``(L, N)``, zero on padded steps (so that padding cannot poison a gradient).
         mask: ``(L, N)`` bool on the device of ``times``, True on valid steps; ``None`` when
             every step is valid.
-        lengths: ``(N,)`` int64 on the CPU when there is padding, else ``None``.
-        device_lengths: the same on the device of ``times`` (on the meta device the only copy).
+        lengths: ``(N,)`` int64 on the CPU when there is padding (``None`` without, and where
+            values are unknown: on the meta device and while torch.compile or export trace).
+        device_lengths: the lengths on the device of ``times`` whenever there is a mask.
     """
 
     times: Tensor
@@ -267,23 +268,25 @@ def _prepare_steps(
     length, batch = times.shape
     if lengths is None:
         steps = _Steps(times)
+    elif not _values_checkable(times) or (
+        isinstance(lengths, Tensor) and lengths.device.type == "meta"
+    ):
+        # Values unknown (meta, or traced by torch.compile/export): no value checks and no
+        # sorting by length; the mask alone holds the state on padded steps.
+        device_lengths = _checks.check_lengths(lengths, batch, length, values=False).to(device)
+        mask = torch.arange(length, device=device).unsqueeze(1) < device_lengths
+        steps = _Steps(times.masked_fill(~mask, 0), mask, None, device_lengths)
     else:
-        if isinstance(lengths, Tensor) and lengths.device.type == "meta":
-            host = None
-            device_lengths = _checks.check_lengths(lengths, batch, length, values=False)
-        else:
-            if isinstance(lengths, Tensor) and lengths.device.type != "cpu":
-                lengths = lengths.cpu()
-            host = _checks.check_lengths(lengths, batch, length)
-            if not bool((host < length).any()):
-                host = None
-            device_lengths = None if host is None else host.to(device)
-        if device_lengths is None:
-            steps = _Steps(times)
-        else:
+        if isinstance(lengths, Tensor) and lengths.device.type != "cpu":
+            lengths = lengths.cpu()
+        host = _checks.check_lengths(lengths, batch, length)
+        if bool((host < length).any()):
+            device_lengths = host.to(device)
             mask = torch.arange(length, device=device).unsqueeze(1) < device_lengths
             # Padding entries are never read; zero them so that they cannot poison a gradient.
             steps = _Steps(times.masked_fill(~mask, 0), mask, host, device_lengths)
+        else:
+            steps = _Steps(times)
     if _values_checkable(times):
         _checks.check_finite_times(steps.times, name)
     return steps

@@ -37,7 +37,6 @@ import math
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from .backends import call_of, require
 from .kernels import build_error, kernels_available
@@ -53,60 +52,19 @@ def _contiguous(*tensors: Tensor | None) -> list[Tensor | None]:
     return [None if t is None else t.contiguous() for t in tensors]
 
 
-class _FusedRecurrence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, gates_x, k, weight_hh, weight_ch, h0, c0, grad_clip, batch_sizes):
-        h, h_n, c_n, c, acts = torch.ops.phased_lstm.forward_train(
-            gates_x, k, weight_hh, weight_ch, h0, c0, batch_sizes
-        )
-        ctx.save_for_backward(k, weight_hh, weight_ch, h0, c0, h, c, acts, batch_sizes)
-        ctx.grad_clip = grad_clip
-        return h, h_n, c_n
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_h, grad_h_n, grad_c_n):
-        k, weight_hh, weight_ch, h0, c0, h, c, acts, batch_sizes = ctx.saved_tensors
-        grads = torch.ops.phased_lstm.backward(
-            grad_h.contiguous(),
-            grad_h_n.contiguous(),
-            grad_c_n.contiguous(),
-            k,
-            weight_hh,
-            weight_ch,
-            h0,
-            c0,
-            h,
-            c,
-            acts,
-            ctx.needs_input_grad[2],
-            ctx.grad_clip,
-            batch_sizes,
-        )
-        d_gates_x, d_k, d_weight_hh, d_weight_ch, d_h0, d_c0 = grads
-        return (
-            d_gates_x,
-            d_k,
-            d_weight_hh if ctx.needs_input_grad[2] else None,
-            d_weight_ch if weight_ch is not None else None,
-            d_h0,
-            d_c0,
-            None,
-            None,
-        )
-
-
 def fused_recurrence(
     gates_x, k, weight_hh, weight_ch, h0, c0, grad_clip=math.inf, batch_sizes=None
 ):
     """Backend ``"fused"``; see :func:`phased_lstm.ops.recurrence` for the contract."""
     tensors = (gates_x, k, weight_hh, weight_ch, h0, c0)
-    require("fused", call_of(tensors))
+    require("fused", call_of(tensors, packed=gates_x.dim() == 2))
     if gates_x.shape[0] == 0:
         return reference_recurrence(*tensors)
     tensors = _contiguous(*tensors)
     if needs_grad(*tensors):
-        return _FusedRecurrence.apply(*tensors, grad_clip, batch_sizes)
+        # An op with a fake implementation and a registered backward (ops/library.py).
+        h, h_n, c_n, _, _ = torch.ops.phased_lstm.forward_train(*tensors, batch_sizes, grad_clip)
+        return h, h_n, c_n
     # Without gradients nothing needs saving; every step with an open neuron runs dense.
     return torch.ops.phased_lstm.forward_infer(*_inference_args(tensors, batch_sizes), 0.0)
 
@@ -141,7 +99,7 @@ def sparse_recurrence(
     ``grad_clip`` is accepted for the common signature; without gradients it changes nothing.
     """
     tensors = (gates_x, k, weight_hh, weight_ch, h0, c0)
-    require("sparse", call_of(tensors))
+    require("sparse", call_of(tensors, packed=gates_x.dim() == 2))
     if gates_x.shape[0] == 0:
         return reference_recurrence(*tensors)
     dense_above = _dense_above(h0.shape[0])

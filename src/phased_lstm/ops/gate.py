@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ..functional import time_gate
 from .backends import Plan, plan
@@ -19,25 +18,6 @@ from .backends import Plan, plan
 f64 = torch.float64
 # The dtypes the kernel writes k in.
 KERNEL_DTYPES = (torch.float32, f64)
-
-
-class _CompiledTimeGate(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, times, period, shift, r_on, leak, valid, dtype):
-        ctx.save_for_backward(times, period, shift, r_on, valid)
-        ctx.leak = leak
-        return torch.ops.phased_lstm.time_gate_forward(
-            times, period, shift, r_on, leak, valid, dtype
-        )
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_k):
-        times, period, shift, r_on, valid = ctx.saved_tensors
-        grads = torch.ops.phased_lstm.time_gate_backward(
-            grad_k.contiguous(), times, period, shift, r_on, ctx.leak, valid
-        )
-        return (None, *grads, None, None, None)
 
 
 def sequence_gate(
@@ -69,7 +49,8 @@ def sequence_gate(
             times_need_grad=torch.is_grad_enabled() and times.requires_grad,
         )
     if backend.kernel_gate and times.device.type == "cpu" and dtype in KERNEL_DTYPES:
-        return _CompiledTimeGate.apply(
+        # An op with a fake implementation and a registered backward (ops/library.py).
+        return torch.ops.phased_lstm.time_gate_forward(
             times.to(f64).contiguous(),
             period.to(f64).contiguous(),
             shift.to(f64).contiguous(),

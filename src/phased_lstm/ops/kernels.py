@@ -226,6 +226,9 @@ class KernelBuild:
                 if not self.tried:
                     try:
                         self.module = self._loader()
+                        from . import library
+
+                        library.register()
                     except Exception as exc:  # a failed build must never break the reference
                         self.error = _summary(exc)
                     self.tried = True

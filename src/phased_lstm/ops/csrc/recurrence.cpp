@@ -172,10 +172,14 @@ at::Tensor gather_last(const at::Tensor& values, const at::Tensor& initial, cons
 // ---------------------------------------------------------------------------------------------
 
 // Returns (h, h_n, c_n, c, acts): the outputs, then what backward needs besides them.
+// `grad_clip` is not used here: it is part of the op so that its registered backward
+// (phased_lstm/ops/library.py) receives it with the other inputs.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_train(
     const at::Tensor& gates_x, const at::Tensor& k, const at::Tensor& weight_hh,
     const std::optional<at::Tensor>& weight_ch, const at::Tensor& h0, const at::Tensor& c0,
-    const std::optional<at::Tensor>& batch_sizes) {
+    const std::optional<at::Tensor>& batch_sizes, double grad_clip) {
+  TORCH_CHECK(grad_clip > 0, "forward_train: grad_clip must be > 0 (inf for none), got ",
+              grad_clip);
   NoAutocast no_autocast(kAutocast);
   const Layout layout = make_layout(gates_x, h0, batch_sizes);
   check_inputs(layout, gates_x, k, weight_hh, weight_ch, h0, c0);
@@ -467,9 +471,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_infer(
 }  // namespace
 
 TORCH_LIBRARY(phased_lstm, m) {
+  // Fake implementations and autograd formulas: phased_lstm/ops/library.py.
   m.def(
       "forward_train(Tensor gates_x, Tensor k, Tensor weight_hh, Tensor? weight_ch, Tensor h0, "
-      "Tensor c0, Tensor? batch_sizes) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor c0, Tensor? batch_sizes, float grad_clip) -> (Tensor, Tensor, Tensor, Tensor, "
+      "Tensor)");
   m.def(
       "backward(Tensor grad_h, Tensor grad_h_n, Tensor grad_c_n, Tensor k, Tensor weight_hh, "
       "Tensor? weight_ch, Tensor h0, Tensor c0, Tensor h, Tensor c, Tensor acts, "
