@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -256,13 +257,19 @@ def _check_device(name: str, tensor: Tensor, device: torch.device) -> None:
 
 
 def _prepare_steps(
-    times: Tensor, lengths: object, device: torch.device, name: str = "times"
+    times: Tensor,
+    lengths: object,
+    device: torch.device,
+    name: str = "times",
+    owner: nn.Module | None = None,
 ) -> _Steps:
     """Check ``times`` (already ``(L, N)``, time-major) and ``lengths``; build the mask.
 
     Checks that read values synchronise with a CUDA device: the finiteness of ``times``, and
     the range of ``lengths`` if it is given on the GPU (give it on the CPU, as nn.utils.rnn
-    wants it anyway, and that check costs nothing).
+    wants it anyway, and that check costs nothing). Timestamps in float32 (or narrower) are
+    also checked for a resolution too coarse for their spacing, in the same sync; ``owner``
+    warns about that once (see :func:`_check_time_values`).
     """
     _check_device(name, times, device)
     length, batch = times.shape
@@ -288,8 +295,61 @@ def _prepare_steps(
         else:
             steps = _Steps(times)
     if _values_checkable(times):
-        _checks.check_finite_times(steps.times, name)
+        gaps = None
+        if times.dtype in _COARSE_DTYPES:
+            gaps = steps.times[1:] - steps.times[:-1]
+            if steps.mask is not None:
+                gaps = gaps.masked_fill(~steps.mask[1:], 0)
+        _check_time_values(steps.times, gaps, name, owner)
     return steps
+
+
+# Timestamps in these dtypes are checked for a resolution too coarse for their spacing: a
+# float32 step larger than this share of the smallest gap between events moves the phase.
+_COARSE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_COARSE_SHARE = 0.01
+
+
+def _check_time_values(
+    times: Tensor, gaps: Tensor | None, name: str, owner: nn.Module | None
+) -> None:
+    """Finite ``times`` (a ValueError if not) and, with ``gaps`` (the differences between
+    consecutive valid timestamps of each sample; float32 or narrower times only), a warning,
+    once per ``owner``, when the dtype cannot resolve those gaps at the times' magnitude: at
+    t ~ 1e6 float32 holds steps of 1/16, and at 1e9 of 64. One host sync on CUDA; float64
+    times cost the finiteness check only."""
+    if gaps is None or times.numel() == 0:
+        _checks.check_finite_times(times, name)
+        return
+    warned = owner is not None and owner.__dict__.get("_warned_coarse_times", False)
+    positive = gaps.abs()
+    positive = positive.masked_fill(positive == 0, math.inf)
+    smallest = positive.min() if positive.numel() else times.new_tensor(math.inf)
+    finite, magnitude, gap = torch.stack(
+        [
+            torch.isfinite(times).all().to(torch.float64),
+            times.abs().max().double(),
+            smallest.double(),
+        ]
+    ).tolist()
+    if not finite:
+        raise ValueError(f"{name} must be finite at every valid step, got NaN or infinity")
+    if warned or magnitude == 0 or not math.isfinite(gap):
+        return
+    resolution = torch.finfo(times.dtype).eps * 2.0 ** math.floor(math.log2(magnitude))
+    if resolution > _COARSE_SHARE * gap:
+        dtype = str(times.dtype).replace("torch.", "")
+        warnings.warn(
+            f"{name} is {dtype} with magnitudes up to {magnitude:.3g}, where {dtype} holds steps "
+            f"of {resolution:.3g} only, coarse against the smallest gap between consecutive "
+            f"timestamps ({gap:.3g}): the phase of the time gate is off by up to "
+            f"{resolution:.3g} time units. Pass {name} as float64, or subtract an offset "
+            f"(e.g. {name} - {name}.min()) before converting them to {dtype}.",
+            UserWarning,
+            stacklevel=4,
+        )
+        if owner is not None:
+            owner.__dict__["_warned_coarse_times"] = True
 
 
 # ------------------------------------------------------------------------ the streaming step
@@ -689,7 +749,7 @@ class PhasedLSTMCell(_PhasedModule):
             # A 0-dim CPU tensor goes with input on any device, as it does in torch's ops.
             t = t.to(x.device).expand(n)
         t = _checks.check_times(t, (n,), "(N,)" if not unbatched else "()", name="t", finite=False)
-        steps = _prepare_steps(t.unsqueeze(0), None, x.device, name="t")
+        steps = _prepare_steps(t.unsqueeze(0), None, x.device, name="t", owner=self)
         state_shape = (self.hidden_size,) if unbatched else (n, self.hidden_size)
         if hx is None:
             h0 = c0 = x.new_zeros((n, self.hidden_size))
@@ -764,7 +824,9 @@ class PhasedLSTM(_PhasedModule):
           unbatched, or a PackedSequence.
         * **times**: ``(L, N)``, ``(N, L)`` with ``batch_first``, or ``(L,)`` shared by the batch;
           a PackedSequence packed like ``input`` when ``input`` is one. Float32 or float64 (use
-          float64 for large timestamps), one per input step and sample, in any units.
+          float64 for large timestamps), one per input step and sample, in any units. Float32
+          timestamps whose magnitude leaves steps coarser than 1% of their smallest gap (at
+          1e6 float32 holds steps of 1/16) get one warning per layer.
         * **hx**: optional pair ``(h_0, c_0)``, each ``(D * num_layers, N, H)`` or
           ``(D * num_layers, H)`` unbatched; zeros if omitted.
         * **lengths**: optional ``(N,)`` integers in ``[0, L]``: steps at or past a sample's length
@@ -951,7 +1013,7 @@ class PhasedLSTM(_PhasedModule):
         self._check_input_features(x)
         length, batch = x.shape[0], x.shape[1]
         times = self._time_major_times(times, (length, batch), unbatched)
-        steps = _prepare_steps(times, lengths, x.device)
+        steps = _prepare_steps(times, lengths, x.device, owner=self)
         h0, c0 = self._initial_state(hx, batch, x, unbatched)
 
         order, batch_sizes = steps.padding_order()
@@ -1017,9 +1079,13 @@ class PhasedLSTM(_PhasedModule):
         self._check_input_features(x)
         data = _checks.check_times(times.data, tuple(times.data.shape), "(S,)", finite=False)
         _check_device("times", data, x.device)
-        if _values_checkable(data):
-            _checks.check_finite_times(data)
         batch_sizes = input.batch_sizes
+        if _values_checkable(data):
+            gaps = None
+            if data.dtype in _COARSE_DTYPES:
+                rows, previous = _packed_successions(batch_sizes)
+                gaps = data[rows.to(data.device)] - data[previous.to(data.device)]
+            _check_time_values(data, gaps, "times", self)
         batch = int(batch_sizes[0]) if batch_sizes.numel() else 0
         h0, c0 = self._initial_state(hx, batch, x, False)
         if input.sorted_indices is not None:  # hx comes in the caller's order
@@ -1121,7 +1187,7 @@ class PhasedLSTM(_PhasedModule):
                 "update_fraction counts open gates, which needs timestamps with values; "
                 "times on the meta device have none"
             )
-        steps = _prepare_steps(times, lengths, times.device)
+        steps = _prepare_steps(times, lengths, times.device, owner=self)
         count = steps.valid_count
         if count == 0:
             raise ValueError("update_fraction needs at least one valid step, got none")
@@ -1266,6 +1332,17 @@ def _reverse_index(length: int, batch: int, lengths: Tensor | None, device) -> T
     if lengths is None:
         return (length - 1 - steps).contiguous()
     return torch.where(steps < lengths, lengths - 1 - steps, steps)
+
+
+def _packed_successions(batch_sizes: Tensor) -> tuple[Tensor, Tensor]:
+    """``(rows, previous)``: every row of packed data after a sample's first step, and the row
+    of the same sample's step before it."""
+    sizes = batch_sizes.to(torch.int64)
+    batch = int(sizes[0]) if sizes.numel() else 0
+    offsets = sizes.cumsum(0) - sizes
+    present = torch.arange(batch).unsqueeze(0) < sizes.unsqueeze(1)  # (L, N)
+    step, sample = present[1:].nonzero(as_tuple=True)
+    return offsets[step + 1] + sample, offsets[step] + sample
 
 
 def _packed_reverse_index(batch_sizes: Tensor) -> Tensor:
