@@ -108,6 +108,14 @@ class TimeGateSettings:
 _DEFAULT = TimeGateSettings()
 
 
+def _settings_from(arguments: dict) -> TimeGateSettings:
+    """The settings among a constructor's arguments (its ``locals()``): the keyword-only
+    arguments of both modules are exactly the fields of :class:`TimeGateSettings`."""
+    return TimeGateSettings(
+        **{f.name: arguments[f.name] for f in dataclasses.fields(TimeGateSettings)}
+    )
+
+
 def _setting(name: str, *, settable: bool, attribute: str | None = None) -> property:
     """A module attribute that reads (and, validated, writes) one field of ``settings``."""
     attribute = attribute or name
@@ -672,20 +680,7 @@ class PhasedLSTMCell(_PhasedModule):
         input_size = _checks.check_positive_int("input_size", input_size)
         hidden_size = _checks.check_positive_int("hidden_size", hidden_size)
         bias = _checks.check_bool("bias", bias)
-        super().__init__(
-            TimeGateSettings(
-                peepholes=peepholes,
-                r_on=r_on,
-                leak=leak,
-                period_range=period_range,
-                shift_range=shift_range,
-                learn_period=learn_period,
-                learn_shift=learn_shift,
-                learn_r_on=learn_r_on,
-                grad_clip=grad_clip,
-                backend=backend,
-            )
-        )
+        super().__init__(_settings_from(locals()))
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bias
@@ -900,20 +895,7 @@ class PhasedLSTM(_PhasedModule):
             "dropout": _checks.check_dropout(dropout),
             "bidirectional": _checks.check_bool("bidirectional", bidirectional),
         }
-        super().__init__(
-            TimeGateSettings(
-                peepholes=peepholes,
-                r_on=r_on,
-                leak=leak,
-                period_range=period_range,
-                shift_range=shift_range,
-                learn_period=learn_period,
-                learn_shift=learn_shift,
-                learn_r_on=learn_r_on,
-                grad_clip=grad_clip,
-                backend=backend,
-            )
-        )
+        super().__init__(_settings_from(locals()))
         for name, value in (sizes | flags).items():
             setattr(self, name, value)
         directions = 2 if self.bidirectional else 1

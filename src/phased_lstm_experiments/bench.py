@@ -415,9 +415,6 @@ def run_event_config(config: EventConfig, *, warmup: int, repeats: int) -> Event
 
 
 def format_event_table(rows: list[EventRow]) -> str:
-    def num(value: float | None, fmt: str = ".1f") -> str:
-        return "-" if value is None else format(value, fmt)
-
     header = (
         "| config | PhasedLSTM us/event | PhasedLSTMStream us/event | nn.LSTMCell us/event "
         "| nn.LSTM us/event | 2 nn.LSTMCells us/event | ratio | stream ratio | target "
@@ -432,15 +429,15 @@ def format_event_table(rows: list[EventRow]) -> str:
             + " | ".join(
                 [
                     row.config.describe(),
-                    num(us.get("plstm")),
-                    num(us.get("stream")),
-                    num(us.get("lstm_cell")),
-                    num(us.get("lstm")),
-                    num(us.get("cells")),
-                    num(row.ratio(), ".2f"),
-                    num(stream_ratio, ".2f"),
+                    _num(us.get("plstm")),
+                    _num(us.get("stream")),
+                    _num(us.get("lstm_cell")),
+                    _num(us.get("lstm")),
+                    _num(us.get("cells")),
+                    _num(row.ratio(), ".2f"),
+                    _num(stream_ratio, ".2f"),
                     "-" if row.config.target is None else f"<= {row.config.target:g}",
-                    num(1e6 / us["plstm"], ",.0f"),
+                    _num(1e6 / us["plstm"], ",.0f"),
                     f"{row.update_fraction:.1%}",
                 ]
             )
@@ -518,10 +515,12 @@ def _resolved_backends(backend: str) -> str:
     return "auto -> fused (train), sparse (eval)"
 
 
-def format_table(rows: list[BenchRow]) -> str:
-    def num(value: float | None, fmt: str = ".1f") -> str:
-        return "-" if value is None else format(value, fmt)
+def _num(value: float | None, fmt: str = ".1f") -> str:
+    """A table cell: the number formatted, or "-" where there is none."""
+    return "-" if value is None else format(value, fmt)
 
+
+def format_table(rows: list[BenchRow]) -> str:
     header = (
         "| config | PhasedLSTM ms | nn.LSTM ms | ratio | PhasedLSTM GFLOP/s | nn.LSTM GFLOP/s "
         "| matmul ms | PhasedLSTM / matmul | PhasedLSTM peak MB | nn.LSTM peak MB |"
@@ -533,15 +532,15 @@ def format_table(rows: list[BenchRow]) -> str:
             + " | ".join(
                 [
                     row.config.describe(),
-                    num(row.plstm_ms),
-                    num(row.lstm_ms),
-                    num(row.ratio, ".2f"),
-                    num(row.gflops(row.plstm_ms)),
-                    num(row.gflops(row.lstm_ms)),
-                    num(row.matmul_ms),
-                    num(None if row.matmul_ms is None else row.plstm_ms / row.matmul_ms, ".2f"),
-                    num(row.plstm_peak_mib),
-                    num(row.lstm_peak_mib),
+                    _num(row.plstm_ms),
+                    _num(row.lstm_ms),
+                    _num(row.ratio, ".2f"),
+                    _num(row.gflops(row.plstm_ms)),
+                    _num(row.gflops(row.lstm_ms)),
+                    _num(row.matmul_ms),
+                    _num(None if row.matmul_ms is None else row.plstm_ms / row.matmul_ms, ".2f"),
+                    _num(row.plstm_peak_mib),
+                    _num(row.lstm_peak_mib),
                 ]
             )
             + " |"

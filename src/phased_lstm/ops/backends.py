@@ -132,7 +132,6 @@ class Call:
     dtype: torch.dtype | None
     needs_grad: bool
     packed: bool = False
-    times_need_grad: bool = False
     dtypes_seen: tuple[str, ...] = ()
     devices_seen: tuple[str, ...] = ()
 
@@ -262,12 +261,6 @@ def plan(
     """
     device_type = torch.device(device).type
     work = compute_dtype(dtype)
-    call = Call(
-        device=device_type,
-        dtype=work,
-        needs_grad=needs_grad,
-        packed=packed,
-        times_need_grad=times_need_grad,
-    )
+    call = Call(device=device_type, dtype=work, needs_grad=needs_grad, packed=packed)
     backend = choose(requested, call)
     return Plan(backend, backend.kernel_gate and not times_need_grad, work)

@@ -109,26 +109,14 @@ def _setup_forward_train(ctx, inputs, output):
 
 @once_differentiable
 def _backward_forward_train(ctx, grad_h, grad_h_n, grad_c_n, _grad_c, _grad_acts):
-    k, weight_hh, weight_ch, h0, c0, h, c, acts, batch_sizes = ctx.saved_tensors
+    saved = ctx.saved_tensors  # k, weight_hh, weight_ch, h0, c0, h, c, acts, batch_sizes
+    k, weight_hh, weight_ch, h0, c0, h = saved[:6]
     grad_h = torch.zeros_like(h) if grad_h is None else grad_h.contiguous()
     grad_h_n = torch.zeros_like(h0) if grad_h_n is None else grad_h_n.contiguous()
     grad_c_n = torch.zeros_like(c0) if grad_c_n is None else grad_c_n.contiguous()
     weight_hh_grad = ctx.needs_input_grad[2]
     d_gates_x, d_k, d_weight_hh, d_weight_ch, d_h0, d_c0 = torch.ops.phased_lstm.backward(
-        grad_h,
-        grad_h_n,
-        grad_c_n,
-        k,
-        weight_hh,
-        weight_ch,
-        h0,
-        c0,
-        h,
-        c,
-        acts,
-        weight_hh_grad,
-        ctx.grad_clip,
-        batch_sizes,
+        grad_h, grad_h_n, grad_c_n, *saved[:8], weight_hh_grad, ctx.grad_clip, saved[8]
     )
     return (
         d_gates_x,
