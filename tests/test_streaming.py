@@ -167,7 +167,15 @@ def test_parameter_changes_are_seen():
 
 @pytest.mark.parametrize(
     "setup",
-    ["bidirectional", "train-leak", "train-dropout", "reference-backend", "grad", "autocast"],
+    [
+        "bidirectional",
+        "train-leak",
+        "train-dropout",
+        "reference-backend",
+        "grad",
+        "autocast",
+        "long",
+    ],
 )
 def test_what_the_streaming_step_does_not_take_runs_the_general_path(setup):
     kwargs = {"bidirectional": True} if setup == "bidirectional" else {}
@@ -178,7 +186,8 @@ def test_what_the_streaming_step_does_not_take_runs_the_general_path(setup):
         layer.train()
     if setup == "reference-backend":
         layer.backend = "reference"
-    x, times = torch.randn(8, 2, 3), event_times(8, 2)
+    steps = 33 if setup == "long" else 8  # 66 (event, sample) pairs: the sequence kernels
+    x, times = torch.randn(steps, 2, 3), event_times(steps, 2)
     torch.manual_seed(5)
     want = reference_run(layer, x, times)[0]
     spy = spy_on(layer)

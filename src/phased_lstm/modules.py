@@ -849,9 +849,10 @@ class PhasedLSTM(_PhasedModule):
     the meta device and while torch.compile or torch.export trace the layer.
 
     Event by event: under ``torch.no_grad()``/``torch.inference_mode()`` a call with a few steps
-    and no ``lengths`` (eval mode, CPU, float32/float64, unidirectional) takes a streaming step
-    that runs the gate and the update of the open neurons of every layer in one compiled call;
-    :meth:`stream` returns a :class:`PhasedLSTMStream` that holds the state as well.
+    (``L * N <= 64``) and no ``lengths`` (eval mode, CPU, float32/float64, unidirectional;
+    float32 ``times`` for one step only) takes a streaming step that runs the gate and the
+    update of the open neurons of every layer in one compiled call; :meth:`stream` returns a
+    :class:`PhasedLSTMStream` that holds the state as well.
 
     Example::
 
@@ -1201,9 +1202,9 @@ class PhasedLSTMStream:
 
     Made by :meth:`PhasedLSTM.stream`. Each call advances the state over one event per sample
     (or a few) and returns the last layer's ``h`` after each; it runs without gradients, as
-    under ``torch.no_grad()``. On the CPU (float32 or float64) each call is one compiled step
-    that computes only the neurons whose time gate is open; elsewhere it runs the layer's
-    general path, with the same results.
+    under ``torch.no_grad()``. On the CPU (float32 or float64, eval mode, up to 64 events
+    and samples together) each call is one compiled step that computes only the neurons whose
+    time gate is open; otherwise it runs the layer's general path, with the same results.
 
     Inputs: x, t
         * **x**: ``(N, H_in)``, one event per sample; ``(H_in,)`` when ``N = 1``; or
@@ -1265,12 +1266,10 @@ class PhasedLSTMStream:
         if torch.is_grad_enabled():
             with torch.no_grad():
                 return self(x, t)
-        if not torch.compiler.is_compiling() and isinstance(x, Tensor):
-            single = x.dim() == 1 and self.batch_size == 1
-            events = x.unsqueeze(0) if single else x
-            out = self.layer._stream_call("advance", events, t, self._h, self._c)
+        if not torch.compiler.is_compiling():
+            out = self.layer._stream_call("advance", x, t, self._h, self._c)
             if out is not None:
-                return out[0] if single else out
+                return out
         return self._general(x, t)
 
     def _general(self, x: Tensor, t: Tensor | float) -> Tensor:

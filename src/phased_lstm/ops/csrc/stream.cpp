@@ -34,6 +34,13 @@ namespace py = pybind11;
 
 namespace {
 
+// The most (event, sample) pairs a call takes. The step computes each open (sample, neuron)
+// pair as dot products; beyond a few dozen events the sequence kernels, which project the
+// inputs of all steps with one matrix product and run dense steps where many neurons are open,
+// are as fast or faster (measured on a 2-core x86 machine: at r_on = 0.2, H = 512 and 32
+// samples of 4 events, 1.3x the sequence path's time; at 8 events of one sample, 0.04x).
+constexpr int64_t kMaxEvents = 64;
+
 using phased_lstm::dot4;
 using phased_lstm::gate_phase;
 using phased_lstm::gate_value;
@@ -142,6 +149,7 @@ class Stream {
     const bool unbatched = x.dim() == 2;
     const int64_t L = unbatched ? x.size(0) : x.size(batch_first_ ? 1 : 0);
     const int64_t N = unbatched ? 1 : x.size(batch_first_ ? 0 : 1);
+    if (L * N > kMaxEvents) return py::none();
     Times reader;
     if (!read_times(t, L, N, unbatched, batch_first_, reader)) return py::none();
     const int64_t layers = num_layers(), H = hidden_;
@@ -180,6 +188,7 @@ class Stream {
     }
     const bool unbatched = x.dim() == 1;
     const int64_t N = unbatched ? 1 : x.size(0), H = hidden_;
+    if (N > kMaxEvents) return py::none();
     Times reader;
     double scalar = 0.0;
     if (PyFloat_Check(time.ptr()) || (PyLong_Check(time.ptr()) && !PyBool_Check(time.ptr()))) {
@@ -211,20 +220,23 @@ class Stream {
   }
 
   // One or more events into states `h`, `c` (num_layers, N, H) held by the caller and updated
-  // in place: x (N, H_in) with t (N,) or a number, or x (L, N, H_in) with t (L, N). Returns
-  // the last layer's h after each event, (N, H) or (L, N, H); None if the fast path cannot.
+  // in place: x (N, H_in) with t (N,) or a number, x (H_in,) for N = 1, or x (L, N, H_in) with
+  // t (L, N). Returns the last layer's h after each event, (N, H), (H,) or (L, N, H); None if
+  // the fast path cannot.
   py::object advance(py::handle input, py::handle times, const at::Tensor& h,
                      const at::Tensor& c, double leak) {
     if (!fresh()) return not_implemented();
     if (!callable() || !plain_tensor(input.ptr())) return py::none();
     const at::Tensor& x = THPVariable_Unpack(input.ptr());
     const int64_t layers = num_layers(), H = hidden_;
-    if (x.scalar_type() != dtype_ || (x.dim() != 2 && x.dim() != 3) ||
-        x.size(-1) != input_size_ || x.numel() == 0) {
+    if (x.scalar_type() != dtype_ || x.dim() < 1 || x.dim() > 3 || x.size(-1) != input_size_ ||
+        x.numel() == 0) {
       return py::none();
     }
-    const bool one = x.dim() == 2;
-    const int64_t L = one ? 1 : x.size(0), N = x.size(one ? 0 : 1);
+    const bool single = x.dim() == 1;  // one event of one sample
+    const bool one = x.dim() <= 2;
+    const int64_t L = one ? 1 : x.size(0), N = single ? 1 : x.size(one ? 0 : 1);
+    if (L * N > kMaxEvents) return py::none();
     if (h.dim() != 3 || h.size(0) != layers || h.size(1) != N || h.size(2) != H ||
         !h.is_contiguous() || !c.is_contiguous() || c.sizes() != h.sizes() ||
         h.scalar_type() != dtype_ || c.scalar_type() != dtype_) {
@@ -246,9 +258,11 @@ class Stream {
       if (!read_times(steps, L, N, false, false, reader)) return py::none();
     }
     const at::Tensor xc = x.stride(-1) == 1 ? x : x.contiguous();
-    at::Tensor out = one ? at::empty({N, H}, x.options()) : at::empty({L, N, H}, x.options());
-    run(xc, one ? 0 : xc.stride(0), xc.stride(one ? 0 : 1), reader, h, c, out, N * H, H, L, N,
-        leak);
+    at::Tensor out = single ? at::empty({H}, x.options())
+                     : one  ? at::empty({N, H}, x.options())
+                            : at::empty({L, N, H}, x.options());
+    const int64_t xs_n = single ? 0 : xc.stride(one ? 0 : 1);
+    run(xc, one ? 0 : xc.stride(0), xs_n, reader, h, c, out, N * H, H, L, N, leak);
     return py::cast(out);
   }
 
@@ -363,8 +377,10 @@ class Stream {
             const T* bias = layer.bias.defined() ? layer.bias.data_ptr<T>() : nullptr;
             const T* w_ch = layer.w_ch.defined() ? layer.w_ch.data_ptr<T>() : nullptr;
             const int64_t in = layer.input_size;
+            // Threads only for a lot of work: a parallel region costs microseconds, more than
+            // the few dozen open neurons of an event take (and much more on a busy machine).
             const int64_t work = 4 * (in + H) + 1;
-            const int64_t grain = std::max<int64_t>(1, (1 << 15) / work);
+            const int64_t grain = std::max<int64_t>(1, (1 << 18) / work);
             at::parallel_for(0, count, grain, [&](int64_t begin, int64_t end) {
               T pre[4], rec[4];
               for (int64_t q = begin; q < end; ++q) {
