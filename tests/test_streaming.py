@@ -3,6 +3,8 @@ layer) against the reference loop run over the whole sequence at once: outputs a
 1-2 layers, peepholes, batches, float32 and float64, gates that open and close; and the cases
 it must hand to the general path."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -261,3 +263,14 @@ def test_stream_object_general_path_and_errors():
         layer.stream(batch_size=2)(torch.randn(3), 0.0)
     with pytest.raises(ValueError, match=r"hx h_0 must have shape \(1, 3, 16\)"):
         layer.stream(batch_size=3, hx=(torch.zeros(1, 2, 16),) * 2)
+
+
+def test_a_module_with_a_prepared_step_copies_and_saves(tmp_path):
+    layer = make_layer(2, False, f32)
+    x, times = torch.randn(1, 1, 3), event_times(1, 1)
+    with torch.no_grad():
+        want, _ = layer(x, times)  # prepares the streaming step
+        twin = copy.deepcopy(layer)
+        torch.save(layer, tmp_path / "layer.pt")
+        loaded = torch.load(tmp_path / "layer.pt", weights_only=False)
+        assert torch.equal(twin(x, times)[0], want) and torch.equal(loaded(x, times)[0], want)
