@@ -4,7 +4,7 @@ An LSTM whose neurons update only while a learnable oscillation, the time gate, 
 inputs that arrive at any time, and a closed neuron does no work at evaluation.
 """
 
-from . import data, functional, ops
+from . import data, functional, ops, optim
 from .functional import time_gate
 from .modules import PhasedLSTM, PhasedLSTMCell
 
@@ -16,6 +16,7 @@ __all__ = [
     "data",
     "functional",
     "ops",
+    "optim",
     "time_gate",
     "__version__",
 ]
