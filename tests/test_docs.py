@@ -9,13 +9,14 @@ import pytest
 import phased_lstm.functional
 import phased_lstm.modules
 import phased_lstm.optim
+import phased_lstm.tuning
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.mark.parametrize(
     "module",
-    [phased_lstm.functional, phased_lstm.modules, phased_lstm.optim],
+    [phased_lstm.functional, phased_lstm.modules, phased_lstm.optim, phased_lstm.tuning],
     ids=lambda m: m.__name__,
 )
 def test_docstring_examples(module):
