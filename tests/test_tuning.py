@@ -1,6 +1,8 @@
 """time_scales and suggest_period_range against values computed by hand."""
 
 import math
+import pathlib
+import re
 
 import pytest
 import torch
@@ -136,3 +138,18 @@ def test_errors_name_the_argument(kwargs, error, match):
     lengths = arguments.pop("lengths", None)
     with pytest.raises(error, match=match):
         suggest_period_range(times, lengths, **arguments)
+
+
+def test_the_readme_example_runs():
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Choosing period_range and r_on", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    scope = {}
+    exec(compile(block, "README: choosing period_range", "exec"), scope)
+    scales, r_on, layer = scope["scales"], scope["r_on"], scope["layer"]
+    assert r_on * scales.events >= 2 - 1e-12
+    low, high = scope["period_range"]
+    assert (low, high) == pytest.approx((scales.gap / r_on, scales.duration))
+    period = layer.period_l0.detach().double()
+    assert bool(((period >= low * (1 - 1e-6)) & (period <= high * (1 + 1e-6))).all())
+    torch.testing.assert_close(layer.r_on_l0.detach(), torch.full((64,), r_on, dtype=torch.float32))

@@ -43,6 +43,10 @@ class TimeGateAdam(torch.optim.Adam):
             parameter in its own units. Weight decay on a period pulls it towards zero: leave
             the time gate in a group without it.
 
+    Mind the learning rate of the gate: a step of ``lr`` is large for an r_on of 0.05, and one
+    that drives a neuron's r_on to its floor (1e-6) closes that neuron for good, since a gate
+    that never opens gives r_on no gradient. The paper used 1e-3.
+
     A time gate that is not trained (``learn_period=False``, ``learn_r_on=False``) is a buffer
     and never reaches the optimiser; a parameter without a gradient at a step is not touched.
     Adam's moments of the time gate live in the direct units, in the usual state dict, so a

@@ -14,7 +14,9 @@ The period decides how those updates fall:
 :func:`suggest_period_range` proposes the range in between, measured on the data: from the period
 whose open window spans the typical gap, ``gap / r_on`` (every opening catches an event), to the
 typical duration (every neuron opens within a sequence). :func:`time_scales` gives the duration,
-gap and number of events that this rule reads.
+gap and number of events that this rule reads. On short sequences raise ``r_on`` first, so that
+``r_on`` times the events per sequence is two or more; the README's "Choosing period_range and
+r_on" measures both on real data sets.
 """
 
 from __future__ import annotations
