@@ -1,6 +1,5 @@
 """The experiment package: baselines, batch norms, the CLI end to end, resume, DDP, errors."""
 
-import copy
 import dataclasses
 import json
 import signal
@@ -14,7 +13,6 @@ import torch
 
 pytest.importorskip("lightning")
 
-from phased_lstm import PhasedLSTM  # noqa: E402
 from phased_lstm.data import frequency_task  # noqa: E402
 from phased_lstm_experiments.cli import main  # noqa: E402
 from phased_lstm_experiments.config import (  # noqa: E402
@@ -31,7 +29,6 @@ from phased_lstm_experiments.models import (  # noqa: E402
     build_model,
     step_mask,
 )
-from phased_lstm_experiments.optim import TimeGateAdam  # noqa: E402
 
 SPEC = ModelSpec(input_size=1, num_outputs=2, classify=True, hidden_size=12, max_steps=40)
 TINY = ["--epochs", "1", "--samples-per-epoch", "32", "--test-samples", "32"]
@@ -495,32 +492,3 @@ def test_frequency_task_feeds_the_models():
     for name in ("plstm", "lstm", "bnlstm-input", "bnlstm"):
         logits = build_model(name, SPEC)(values, times, lengths)
         assert logits.shape == (4, 2)
-
-
-def test_time_gate_adam_steps_period_and_r_on_in_their_own_units():
-    # Adam's first step moves every parameter by lr * sign(gradient) (its moments are the
-    # gradient and its square). TimeGateAdam takes that step on the period and on r_on, as the
-    # authors' code did; every other parameter moves as under torch.optim.Adam.
-    torch.manual_seed(0)
-    layer = PhasedLSTM(1, 6, r_on=0.05, learn_r_on=True, leak=0.05).double()
-    reference = copy.deepcopy(layer)
-    lr = 1e-2
-    values, times, lengths = padded_batch()
-    for model in (layer, reference):
-        out, _ = model(values.double().transpose(0, 1), times.t(), lengths=lengths)
-        out.pow(2).sum().backward()
-    period, r_on = layer.period_l0.detach().clone(), layer.r_on_l0.detach().clone()
-    grads = {name: p.grad.clone() for name, p in layer.named_parameters()}
-    TimeGateAdam(layer.named_parameters(), lr=lr).step()
-    torch.optim.Adam(reference.parameters(), lr=lr).step()
-    # The gradient in the direct units, and Adam's first step lr * g / (|g| + eps).
-    for now, before, grad in (
-        (layer.period_l0, period, grads["log_period_l0"] / period),
-        (layer.r_on_l0, r_on, grads["logit_r_on_l0"] / (r_on * (1 - r_on))),
-    ):
-        torch.testing.assert_close(now, before - lr * grad / (grad.abs() + 1e-8))
-    for name, param in layer.named_parameters():
-        if not name.startswith(("log_period", "logit_r_on")):
-            torch.testing.assert_close(param, getattr(reference, name), msg=name)
-    # On the stored values the same step is relative: the period would move by lr * period.
-    assert not torch.allclose(layer.period_l0, reference.period_l0)
