@@ -131,7 +131,7 @@ class Progress:
         epochs_done = sum(int(min(d, self.epochs)) for d in self._done.values())
         return (
             f"{len(self._finished)} of {len(self.weights)} runs done, "
-            f"epoch {epochs_done} of {self.epochs * len(self.weights)}, "
+            f"{epochs_done} of {self.epochs * len(self.weights)} epochs, "
             f"{clock(elapsed)} elapsed, ETA {eta}"
         )
 

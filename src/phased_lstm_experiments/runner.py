@@ -365,10 +365,10 @@ def run_experiment(
             session.update(ended=_now(), seconds=round(time.monotonic() - started, 1))
             session["status"] = status
 
-    def save() -> None:
+    def save(report: bool = True) -> None:
         results["config"] = config.to_dict()
         write_json(out / "results.json", results)
-        if on_update is not None:
+        if report and on_update is not None:
             on_update(config, results, out)
 
     def record(run: tuple[str, str, int], result: dict) -> None:
@@ -391,8 +391,9 @@ def run_experiment(
         if session is not None:
             stopped = isinstance(error, KeyboardInterrupt | Interrupted)
             close_session("interrupted" if stopped else "failed")
+            # The session only: an interrupted command ends fast, the next one writes the report.
             with contextlib.suppress(Exception):
-                save()
+                save(report=False)
         raise
     finally:
         if progress is not None:
