@@ -6,8 +6,7 @@ import torch
 
 from phased_lstm.ops import fused
 from phased_lstm.ops.gate import sequence_gate
-
-from .paper_reference import gate as reference_gate
+from tests.paper_reference import gate as reference_gate
 
 f64 = torch.float64
 LEAK = 0.01
