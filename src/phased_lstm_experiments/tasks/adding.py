@@ -53,8 +53,8 @@ class AddingTask(SyntheticTask):
             samples_per_epoch=5000,
             test_samples=500,
         ),
-        # Not sized to reach the paper's curves: the Phased LSTMs with long periods start to
-        # learn after ~1500 batches, the LSTM later still.
+        # Not sized to reach the paper's curves: within 20 minutes only the Phased LSTMs with
+        # long periods start to learn (docs/reproduction.md).
         "quick": dict(
             models=["plstm", "lstm"],
             seeds=[1],

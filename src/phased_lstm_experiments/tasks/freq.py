@@ -62,12 +62,12 @@ class FrequencyTask(SyntheticTask):
             samples_per_epoch=5000,
             test_samples=500,
         ),
-        # Sized to finish within 20 minutes on a 2-core CPU with the fused backend, two runs
-        # side by side: the Phased LSTM needs ~3000-4000 batches on standard and asynchronous
-        # sampling to pass 90%, and ~400-800 on the high resolution, whose every example costs
-        # ten times more. It keeps parameter clipping and plain Adam on the stored time-gate
-        # parameters: with the authors' settings this short protocol is less stable on the
-        # high resolution (docs/reproduction.md has the measurements).
+        # Sized to finish within 20 minutes on a 2-core CPU (fused backend, two runs side by
+        # side) with the Phased LSTM past 90% under every sampling; the high resolution, whose
+        # every example costs ten times more, gets fewer examples. It keeps parameter clipping
+        # and plain Adam on the stored time-gate parameters, which made this short protocol
+        # more stable on the high resolution than the authors' settings. The batches each
+        # sampling needs and the accuracies behind these choices: docs/reproduction.md.
         "quick": dict(
             models=["plstm", "lstm", "bnlstm-input"],
             seeds=[1],

@@ -34,8 +34,8 @@ class TwoFrequencyTask(FrequencyTask):
             samples_per_epoch=5000,
             test_samples=500,
         ),
-        # Not sized to reach the paper's numbers (the Phased LSTM needs ~50 epochs of 5000
-        # examples): it shows the start of the separation within minutes.
+        # Not sized to reach the paper's numbers (fig. 3e: ~50 epochs of 5000 examples): it
+        # shows the start of the separation within minutes (docs/reproduction.md).
         "quick": dict(
             models=["plstm", "lstm", "bnlstm-input"],
             seeds=[1],
