@@ -42,7 +42,7 @@ class AddingTask(SyntheticTask):
     default_mean_steps = 500
     paper_protocol = (
         "(recalled, not verified) sequences of 490-510 steps, 110 units, MSE per epoch; the "
-        "number of epochs and examples is not known (docs/paper.md)"
+        "number of epochs and examples is not known"
     )
     presets = {
         # 30 epochs is our choice: the paper does not say.
