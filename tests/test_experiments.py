@@ -3,6 +3,7 @@
 import copy
 import dataclasses
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -32,7 +33,6 @@ from phased_lstm_experiments.models import (  # noqa: E402
     step_mask,
 )
 from phased_lstm_experiments.optim import TimeGateAdam  # noqa: E402
-from tests.test_runner import process_group  # noqa: E402
 
 SPEC = ModelSpec(input_size=1, num_outputs=2, classify=True, hidden_size=12, max_steps=40)
 TINY = ["--epochs", "1", "--samples-per-epoch", "32", "--test-samples", "32"]
@@ -216,6 +216,22 @@ def test_parameter_clipping_only_where_the_recurrence_does_not_clip():
 
 def run_cli(*argv):
     return main(["reproduce", *argv])
+
+
+def process_group(pgid: int) -> list[int]:
+    """The live processes of group ``pgid``, from /proc (zombies are not alive)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        state, _, group = stat.rsplit(")", 1)[1].split()[:3]
+        if int(group) == pgid and state != "Z":
+            members.append(int(entry))
+    return members
 
 
 def read_results(out: Path) -> dict:

@@ -26,21 +26,7 @@ from phased_lstm_experiments.models import ModelSpec  # noqa: E402
 from phased_lstm_experiments.progress import Progress  # noqa: E402
 from phased_lstm_experiments.report import reported_config, results_markdown  # noqa: E402
 from phased_lstm_experiments.tasks import TASKS, Task, TaskOption  # noqa: E402
-
-TINY = ["--epochs", "1", "--samples-per-epoch", "32", "--test-samples", "32"]
-TINY += ["--jobs", "1", "--threads", "1", "--no-progress-bar"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def run_cli(*argv):
-    return main(["reproduce", *argv])
+from tests.test_experiments import TINY, _one_thread, process_group, run_cli  # noqa: E402, F401
 
 
 def read_json(path: Path) -> dict:
@@ -370,22 +356,6 @@ def test_progress_bar_on_a_terminal_redraws_one_line():
 
 
 # Interruptions of parallel runs --------------------------------------------------------------
-
-
-def process_group(pgid: int) -> list[int]:
-    """The live processes of group ``pgid``, from /proc (zombies are not alive)."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        state, _, group = stat.rsplit(")", 1)[1].split()[:3]
-        if int(group) == pgid and state != "Z":
-            members.append(int(entry))
-    return members
 
 
 def _wait_for(condition, timeout: float) -> bool:

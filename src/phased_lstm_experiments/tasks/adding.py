@@ -23,7 +23,7 @@ from ..tables import (
     model_title,
     plot_band,
 )
-from .base import SyntheticTask
+from .base import PAPER_PRESET, QUICK_PRESET, SyntheticTask
 
 # The Phased LSTMs compared in fig. 4: tau = exp(U(a, b)) in steps, one condition each.
 ADDING_PERIOD_RANGES = {"tau0-2": (0, 2), "tau2-4": (2, 4), "tau4-6": (4, 6), "tau6-8": (6, 8)}
@@ -46,24 +46,10 @@ class AddingTask(SyntheticTask):
     )
     presets = {
         # 30 epochs is our choice: the paper does not say.
-        "paper": dict(
-            models=["plstm", "lstm"],
-            seeds=[1, 2, 3, 4, 5],
-            epochs=30,
-            samples_per_epoch=5000,
-            test_samples=500,
-        ),
+        "paper": dict(PAPER_PRESET, models=["plstm", "lstm"], epochs=30),
         # Not sized to reach the paper's curves: within 20 minutes only the Phased LSTMs with
         # long periods start to learn (docs/reproduction.md).
-        "quick": dict(
-            models=["plstm", "lstm"],
-            seeds=[1],
-            epochs=10,
-            samples_per_epoch=8000,
-            test_samples=500,
-            gradient_clip_mode="value",
-            time_gate_adam="stored",
-        ),
+        "quick": dict(QUICK_PRESET, models=["plstm", "lstm"], epochs=10, samples_per_epoch=8000),
     }
 
     def runs(self, config):

@@ -13,7 +13,7 @@ from phased_lstm.data import FREQUENCY_CONDITIONS, frequency_task
 
 from ..models import ModelSpec
 from ..tables import accuracy_bars, accuracy_table, learning_curves, model_protocol_lines
-from .base import SyntheticTask
+from .base import PAPER_PRESET, QUICK_PRESET, SyntheticTask
 
 # Fig. 3d, test accuracy (%) after 70 epochs, and the authors' later rerun (docs/paper.md).
 # The paper's "BN-LSTM" is what the authors' code ran: our bnlstm-input.
@@ -55,28 +55,17 @@ class FrequencyTask(SyntheticTask):
         "(Adam 1e-3, 110 units)"
     )
     presets = {
-        "paper": dict(
-            models=["plstm", "lstm", "bnlstm-input", "bnlstm"],
-            seeds=[1, 2, 3, 4, 5],
-            epochs=70,
-            samples_per_epoch=5000,
-            test_samples=500,
-        ),
+        "paper": dict(PAPER_PRESET, models=["plstm", "lstm", "bnlstm-input", "bnlstm"], epochs=70),
         # Sized to finish within 20 minutes on a 2-core CPU (fused backend, two runs side by
         # side) with the Phased LSTM past 90% under every sampling; the high resolution, whose
-        # every example costs ten times more, gets fewer examples. It keeps parameter clipping
-        # and plain Adam on the stored time-gate parameters, which made this short protocol
-        # more stable on the high resolution than the authors' settings. The batches each
-        # sampling needs and the accuracies behind these choices: docs/reproduction.md.
+        # every example costs ten times more, gets fewer examples. The batches each sampling
+        # needs and the accuracies behind these choices: docs/reproduction.md.
         "quick": dict(
+            QUICK_PRESET,
             models=["plstm", "lstm", "bnlstm-input"],
-            seeds=[1],
             epochs=10,
             samples_per_epoch=12800,
-            test_samples=500,
             condition_samples={"highres": 2560},
-            gradient_clip_mode="value",
-            time_gate_adam="stored",
         ),
     }
     max_steps = 1250

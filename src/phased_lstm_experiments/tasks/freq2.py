@@ -10,6 +10,7 @@ from __future__ import annotations
 from phased_lstm.data import two_frequency_task
 
 from ..tables import accuracy_bars, accuracy_table, learning_curves
+from .base import PAPER_PRESET, QUICK_PRESET
 from .freq import FrequencyTask
 
 # Read from fig. 3e (docs/paper.md): the Phased LSTM reaches ~90% by ~50 epochs, the
@@ -27,23 +28,14 @@ class TwoFrequencyTask(FrequencyTask):
         "as Task 1, asynchronous sampling, 100-1000 points; the authors' script runs 300 epochs"
     )
     presets = {
-        "paper": dict(
-            models=["plstm", "lstm", "bnlstm-input", "bnlstm"],
-            seeds=[1, 2, 3, 4, 5],
-            epochs=300,
-            samples_per_epoch=5000,
-            test_samples=500,
-        ),
+        "paper": dict(PAPER_PRESET, models=["plstm", "lstm", "bnlstm-input", "bnlstm"], epochs=300),
         # Not sized to reach the paper's numbers (fig. 3e: ~50 epochs of 5000 examples): it
         # shows the start of the separation within minutes (docs/reproduction.md).
         "quick": dict(
+            QUICK_PRESET,
             models=["plstm", "lstm", "bnlstm-input"],
-            seeds=[1],
             epochs=10,
             samples_per_epoch=1920,
-            test_samples=500,
-            gradient_clip_mode="value",
-            time_gate_adam="stored",
         ),
     }
     max_steps = 1000
