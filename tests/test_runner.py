@@ -26,7 +26,13 @@ from phased_lstm_experiments.models import ModelSpec  # noqa: E402
 from phased_lstm_experiments.progress import Progress  # noqa: E402
 from phased_lstm_experiments.report import reported_config, results_markdown  # noqa: E402
 from phased_lstm_experiments.tasks import TASKS, Task, TaskOption  # noqa: E402
-from tests.test_experiments import TINY, _one_thread, process_group, run_cli  # noqa: E402, F401
+from tests.test_experiments import (  # noqa: E402
+    TINY,
+    _one_thread,  # noqa: F401  (autouse fixture)
+    process_group,
+    run_cli,
+    wait_for,
+)
 
 
 def read_json(path: Path) -> dict:
@@ -358,15 +364,6 @@ def test_progress_bar_on_a_terminal_redraws_one_line():
 # Interruptions of parallel runs --------------------------------------------------------------
 
 
-def _wait_for(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return condition()
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 @pytest.mark.parametrize("moment", ["workers-starting", "main-killed"])
 def test_interrupted_parallel_run_leaves_no_process(tmp_path, moment):
@@ -384,17 +381,17 @@ def test_interrupted_parallel_run_leaves_no_process(tmp_path, moment):
     group = process.pid
     try:
         if moment == "workers-starting":
-            assert _wait_for(lambda: "running 2 runs" in log.read_text(), 120), log.read_text()
+            assert wait_for(lambda: "running 2 runs" in log.read_text(), 120), log.read_text()
             signal_sent = signal.SIGTERM
         else:
             checkpoints = [out / "runs" / f"lstm-{c}-seed1" / "checkpoints" / "last.ckpt"
                            for c in ("standard", "async")]  # fmt: skip
-            assert _wait_for(lambda: all(c.exists() for c in checkpoints), 240), log.read_text()
+            assert wait_for(lambda: all(c.exists() for c in checkpoints), 240), log.read_text()
             signal_sent = signal.SIGKILL
         sent = time.monotonic()
         process.send_signal(signal_sent)
         process.wait(timeout=30)
-        assert _wait_for(lambda: not process_group(group), 30), process_group(group)
+        assert wait_for(lambda: not process_group(group), 30), process_group(group)
         assert time.monotonic() - sent < 35
     finally:
         for pid in process_group(group):
