@@ -167,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=f"Build a dataset on disk. {builders or 'No builders in this version.'}",
     )
     data.add_argument("name", metavar="NAME", help=", ".join(DATASET_BUILDERS) or "none yet")
-    data.add_argument("data_args", nargs=argparse.REMAINDER, help="the builder's own options")
+    data.add_argument(
+        "data_args", nargs=argparse.REMAINDER, metavar="OPTIONS", help="the builder's own options"
+    )
     return parser
 
 
