@@ -283,23 +283,34 @@ def _maxrss_kib() -> float:
     return usage / 1024 if sys.platform == "darwin" else float(usage)
 
 
+def peak_growth_mib(step: Callable[[], object]) -> float:
+    """How far ``step()`` raises this process's peak resident memory above what it holds
+    before, in MiB.
+
+    It resets the process's high-water mark (Linux), so run it in a process of its own (see
+    :func:`peak_mib_in_subprocess`); elsewhere it measures the growth of ``ru_maxrss``, which
+    only shows a step that goes beyond every earlier peak.
+    """
+    gc.collect()
+    if _reset_peak() and (rss := _rss_kib()) is not None:
+        before = rss[0]
+        step()
+        after = _rss_kib()[1]
+    else:
+        before = _maxrss_kib()
+        step()
+        after = _maxrss_kib()
+    return max(0.0, after - before) / 1024
+
+
 def measure_peak_mib(config: BenchConfig, model: str, backend: str) -> float:
-    """Growth of this process's peak resident memory over one step, in MiB.
+    """:func:`peak_growth_mib` of one step of ``model`` on ``config``.
 
     Meant to run in a fresh process (see :func:`peak_mib_in_subprocess`).
     """
     case = _Case(config, backend)
     case.step(model, case.x[:2])  # loads the compiled kernels and warms the allocator up
-    gc.collect()
-    if _reset_peak() and (rss := _rss_kib()) is not None:
-        before = rss[0]
-        case.step(model)
-        after = _rss_kib()[1]
-    else:
-        before = _maxrss_kib()
-        case.step(model)
-        after = _maxrss_kib()
-    return max(0.0, after - before) / 1024
+    return peak_growth_mib(lambda: case.step(model))
 
 
 def peak_mib_in_subprocess(config: BenchConfig, model: str, backend: str) -> float | None:
