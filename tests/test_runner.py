@@ -405,3 +405,20 @@ def test_interrupted_parallel_run_leaves_no_process(tmp_path, moment):
         session = read_json(out / "results.json")["sessions"][-1]
         assert session["status"] == "interrupted" and session["runs"] == 0
     assert not list(out.rglob("*.partial")) and not list(out.rglob("*.tmp"))
+
+
+def test_nmnist_sim_is_a_data_command(tmp_path, capsys):
+    assert "nmnist-sim" in datasets.DATASET_BUILDERS
+    # A bad option reaches the builder's own parser, whose prog names the command.
+    with pytest.raises(SystemExit):
+        main(["data", "nmnist-sim", "--per-class", "zero"])
+    assert "phased-lstm data nmnist-sim" in capsys.readouterr().err
+
+
+def test_build_kernels_command_forwards_to_the_library(monkeypatch):
+    import phased_lstm.ops.build as build
+
+    calls = []
+    monkeypatch.setattr(build, "build_kernels", lambda verbose: calls.append(verbose) or "DIR")
+    assert main(["build-kernels", "--verbose"]) == 0
+    assert calls == [True]

@@ -1,4 +1,5 @@
-"""The ``phased-lstm`` console script: ``reproduce EXPERIMENT``, ``bench`` and ``data NAME``.
+"""The ``phased-lstm`` console script: ``reproduce EXPERIMENT``, ``bench``, ``data NAME`` and
+``build-kernels``.
 
 ``phased-lstm reproduce freq`` runs the ``quick`` preset (about 20 minutes on a 2-core CPU);
 ``--preset paper`` is the paper's protocol and prints its estimated time first. Explicit options
@@ -160,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_options(reproduce)
     bench = commands.add_parser("bench", help="benchmark the recurrence backends", add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    kernels = commands.add_parser(
+        "build-kernels",
+        help="compile the C++ kernels now rather than at first use",
+        add_help=False,
+    )
+    kernels.add_argument("build_args", nargs=argparse.REMAINDER)
     builders = "; ".join(f"{b.name}: {b.help}" for b in DATASET_BUILDERS.values())
     data = commands.add_parser(
         "data",
@@ -365,6 +372,12 @@ def bench(bench_args: list[str]) -> int:
     return bench_main(bench_args) or 0
 
 
+def build_kernels(build_args: list[str]) -> int:
+    from phased_lstm.ops.build import main as build_main
+
+    return build_main(build_args, prog=f"{PROG} build-kernels")
+
+
 def data(name: str, data_args: list[str], parser: argparse.ArgumentParser) -> int:
     builder = DATASET_BUILDERS.get(name)
     if builder is None:
@@ -379,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "bench":
         # Everything after `bench` belongs to the benchmark's own parser, --help included.
         return bench(argv[1:])
+    if argv and argv[0] == "build-kernels":
+        return build_kernels(argv[1:])
     if len(argv) > 1 and argv[0] == "data" and not argv[1].startswith("-"):
         # The same for a dataset builder: everything after its name is its own.
         return data(argv[1], argv[2:], parser)

@@ -40,4 +40,13 @@ def register(builder: DatasetBuilder) -> DatasetBuilder:
     return builder
 
 
+register(
+    DatasetBuilder(
+        "nmnist-sim",
+        "N-MNIST-sim: event-camera recordings synthesised from real MNIST digits, in N-MNIST's "
+        "file format and folder layout",
+        "phased_lstm_experiments.nmnist_sim",
+    )
+)
+
 __all__ = ["DATASET_BUILDERS", "DatasetBuilder", "register"]

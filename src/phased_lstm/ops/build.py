@@ -14,9 +14,9 @@ import sys
 from .kernels import build_kernels, build_spec
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, prog: str = "python -m phased_lstm.ops.build") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m phased_lstm.ops.build",
+        prog=prog,
         description="Build phased_lstm's C++ kernels into torch's extension cache now.",
     )
     parser.add_argument("--verbose", action="store_true", help="show the compiler's output")
