@@ -8,12 +8,16 @@ import pytest
 
 import phased_lstm.functional
 import phased_lstm.modules
+import phased_lstm.optim
+import phased_lstm.tuning
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.mark.parametrize(
-    "module", [phased_lstm.functional, phased_lstm.modules], ids=lambda m: m.__name__
+    "module",
+    [phased_lstm.functional, phased_lstm.modules, phased_lstm.optim, phased_lstm.tuning],
+    ids=lambda m: m.__name__,
 )
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

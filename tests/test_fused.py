@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from phased_lstm import PhasedLSTM, ops
-from phased_lstm.ops import fused, recurrence, reference_recurrence
+from phased_lstm.ops import fused, kernels, recurrence, reference_recurrence
 
 f32, f64 = torch.float32, torch.float64
 DTYPES = {"f32": f32, "f64": f64}
@@ -460,10 +460,7 @@ def broken_build(monkeypatch):
             "Error building extension 'phased_lstm_kernels': c++: error: command not found"
         )
 
-    monkeypatch.setattr(fused, "_build_extension", fail)
-    monkeypatch.setattr(fused, "_built", False)
-    monkeypatch.setattr(fused, "_build_error", None)
-    monkeypatch.setattr(fused, "_warned", False)
+    monkeypatch.setattr(kernels, "_state", kernels.KernelBuild(loader=fail))
 
 
 def test_auto_warns_once_and_uses_the_reference_when_the_build_fails(broken_build):

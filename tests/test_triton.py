@@ -19,6 +19,7 @@ import torch
 from phased_lstm import PhasedLSTM
 from phased_lstm.functional import time_gate
 from phased_lstm.ops import _resolve, recurrence, reference_recurrence, triton_backend
+from phased_lstm.ops.backends import get_backend
 from phased_lstm.ops.gate import sequence_gate
 
 pytest.importorskip("triton", reason="the triton backend needs Triton (pip install '.[gpu]')")
@@ -286,9 +287,14 @@ def test_gate_kernel_matches_time_gate(dtype, offset, device):
 # ------------------------------------------------------------------ choice and errors
 @on_device
 def test_auto_takes_triton_for_cuda_tensors_only(device):
-    # On the CPU "auto" keeps its choice (fused, sparse or reference), interpreter or not.
-    cpu = tuple(op_inputs(2, 2, 3, f32, "cpu", peepholes=False).values())
-    assert not triton_backend.auto_usable(cpu)
+    # Registered for CUDA (and the CPU only where the kernels are interpreted), above the
+    # reference and below the CPU kernels, so that on the CPU "auto" keeps its choice.
+    triton = get_backend("triton")
+    assert triton.devices == (("cuda", "cpu") if INTERPRETING else ("cuda",))
+    priorities = {name: get_backend(name).priority for name in ("reference", "fused", "sparse")}
+    assert (
+        priorities["reference"] < triton.priority < min(priorities["fused"], priorities["sparse"])
+    )
     if CUDA:
         cuda = tuple(op_inputs(2, 2, 3, f32, "cuda", peepholes=False).values())
         assert _resolve("auto", cuda) is triton_backend.triton_recurrence
@@ -298,7 +304,7 @@ def test_auto_takes_triton_for_cuda_tensors_only(device):
 def test_explicit_triton_says_how_to_fix_what_it_cannot_run(monkeypatch, device):
     inputs = op_inputs(2, 2, 3, f32, device, peepholes=False)
     mixed = dict(inputs, k=inputs["k"].detach().double())
-    with pytest.raises(RuntimeError, match="float32, float64, bfloat16 or float16 inputs of one"):
+    with pytest.raises(RuntimeError, match="float16 tensors of one dtype, got torch.float32"):
         recurrence(*mixed.values(), backend="triton")
     cpu = op_inputs(2, 2, 3, f32, "cpu", peepholes=False)
     monkeypatch.setattr(triton_backend, "interpreted", lambda: False)

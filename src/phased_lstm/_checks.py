@@ -86,6 +86,24 @@ def check_batch_sizes(value: object, length: int, batch: int) -> Tensor:
     return value
 
 
+def check_packed_batch_sizes(value: object, rows: int, batch: int) -> Tensor:
+    """``batch_sizes`` of the packed layout: ``(L,)`` int64, non-increasing, in ``[0, N]``,
+    summing to the ``S`` rows of the packed data."""
+    if not isinstance(value, Tensor) or value.dtype != torch.int64 or value.dim() != 1:
+        got = value.dtype if isinstance(value, Tensor) else type(value).__name__
+        raise TypeError(
+            f"batch_sizes must be an int64 torch.Tensor of shape (L,) in the packed layout "
+            f"(gates_x of shape (S, 4H)), got {got}"
+        )
+    value = value.cpu()
+    if int(value.sum()) != rows:
+        raise ValueError(
+            f"batch_sizes must sum to the S = {rows} rows of the packed gates_x, "
+            f"got {int(value.sum())}"
+        )
+    return check_batch_sizes(value, value.shape[0], batch)
+
+
 def check_dropout(value: object) -> float:
     p = check_real("dropout", value)
     if not 0.0 <= p <= 1.0:
@@ -140,8 +158,12 @@ def check_finite_times(times: Tensor, name: str = "times") -> None:
         raise ValueError(f"{name} must be finite at every valid step, got NaN or infinity")
 
 
-def check_lengths(lengths: object, batch: int, max_len: int) -> Tensor:
-    """Per-sample lengths: integers of shape (N,) in [0, L]; returned as an int64 CPU tensor."""
+def check_lengths(lengths: object, batch: int, max_len: int, *, values: bool = True) -> Tensor:
+    """Per-sample lengths: integers of shape (N,) in [0, L], returned as int64.
+
+    ``values=False`` checks the dtype and shape only (for a tensor whose values cannot be read,
+    on the meta device).
+    """
     if isinstance(lengths, (list, tuple)):
         lengths = torch.as_tensor(lengths)
     lengths = check_tensor("lengths", lengths)
@@ -152,7 +174,7 @@ def check_lengths(lengths: object, batch: int, max_len: int) -> Tensor:
             f"lengths must have shape (N,) = ({batch},), got {shape_str(lengths.shape)}"
         )
     lengths = lengths.to(torch.int64)
-    if batch and (int(lengths.min()) < 0 or int(lengths.max()) > max_len):
+    if values and batch and (int(lengths.min()) < 0 or int(lengths.max()) > max_len):
         raise ValueError(
             f"lengths must lie in [0, L] = [0, {max_len}], "
             f"got values from {int(lengths.min())} to {int(lengths.max())}"

@@ -22,6 +22,15 @@ nn.LSTM reads the same input without the timestamps. Columns:
   held before the step (Linux: the VmHWM high-water mark, reset just before the step; elsewhere
   the growth of ru_maxrss). All of torch's CPU allocations are in it, nothing of Python's setup.
 
+The ``events-*`` configs time streaming instead: one event per call, B = 1, I = 40, models in
+eval mode under ``torch.inference_mode()``, r_on 0.05, periods in the units of the event times
+(the default range, e to e^3) and events about one unit apart, so that every gate opens and
+closes many times. PhasedLSTMCell is timed against nn.LSTMCell; a 2-layer PhasedLSTM called
+per event (``layer(x[j:j+1], t[j:j+1], hx)``) and its :class:`~phased_lstm.PhasedLSTMStream`
+against nn.LSTM called per event and two stacked nn.LSTMCells (the fastest way to stream an
+LSTM in PyTorch). The ratio is against the fastest baseline; run with ``--threads 1`` and
+``--threads 2``.
+
 The machine's other load shows in the numbers; run it on an otherwise idle machine.
 
 With ``--device cuda`` both models run on the GPU (PhasedLSTM's ``"auto"`` backend is then the
@@ -52,7 +61,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import phased_lstm
-from phased_lstm import PhasedLSTM
+from phased_lstm import PhasedLSTM, PhasedLSTMCell
 from phased_lstm.ops import available_backends
 
 PROG = "phased-lstm bench"
@@ -111,7 +120,47 @@ CONFIGS: dict[str, BenchConfig] = {
         BenchConfig("quick-eval", False, 1, 200, 3, 64),
     )
 }
-DEFAULT_CONFIGS = ("paper-train", "lengths-train", "h512-train", "stream-eval", "batch-eval")
+
+
+@dataclass(frozen=True)
+class EventConfig:
+    """One streaming shape: a cell (``num_layers`` 0) or a layer called once per event."""
+
+    name: str
+    num_layers: int
+    hidden_size: int
+    events: int
+    input_size: int = 40
+    r_on: float = 0.05
+    # The issue's targets: PhasedLSTM time / the fastest baseline's.
+    target: float | None = None
+
+    def describe(self) -> str:
+        model = "cell" if self.num_layers == 0 else f"{self.num_layers}-layer"
+        return f"{self.name}: {model} per event B=1 I={self.input_size} H={self.hidden_size}"
+
+
+EVENT_CONFIGS: dict[str, EventConfig] = {
+    c.name: c
+    for c in (
+        EventConfig("events-cell-h110", 0, 110, 400, target=1.0),
+        EventConfig("events-cell-h512", 0, 512, 200, target=0.3),
+        EventConfig("events-2layer-h110", 2, 110, 400, target=0.5),
+        EventConfig("events-2layer-h512", 2, 512, 100, target=0.2),
+        EventConfig("events-smoke", 2, 16, 20, input_size=3),
+    )
+}
+DEFAULT_CONFIGS = (
+    "paper-train",
+    "lengths-train",
+    "h512-train",
+    "stream-eval",
+    "batch-eval",
+    "events-cell-h110",
+    "events-cell-h512",
+    "events-2layer-h110",
+    "events-2layer-h512",
+)
 QUICK_CONFIGS = ("quick-train", "quick-eval")
 MODELS = ("plstm", "lstm")
 
@@ -268,23 +317,34 @@ def _maxrss_kib() -> float:
     return usage / 1024 if sys.platform == "darwin" else float(usage)
 
 
+def peak_growth_mib(step: Callable[[], object]) -> float:
+    """How far ``step()`` raises this process's peak resident memory above what it holds
+    before, in MiB.
+
+    It resets the process's high-water mark (Linux), so run it in a process of its own (see
+    :func:`peak_mib_in_subprocess`); elsewhere it measures the growth of ``ru_maxrss``, which
+    only shows a step that goes beyond every earlier peak.
+    """
+    gc.collect()
+    if _reset_peak() and (rss := _rss_kib()) is not None:
+        before = rss[0]
+        step()
+        after = _rss_kib()[1]
+    else:
+        before = _maxrss_kib()
+        step()
+        after = _maxrss_kib()
+    return max(0.0, after - before) / 1024
+
+
 def measure_peak_mib(config: BenchConfig, model: str, backend: str) -> float:
-    """Growth of this process's peak resident memory over one step, in MiB.
+    """:func:`peak_growth_mib` of one step of ``model`` on ``config``.
 
     Meant to run in a fresh process (see :func:`peak_mib_in_subprocess`).
     """
     case = _Case(config, backend)
     case.step(model, case.x[:2])  # loads the compiled kernels and warms the allocator up
-    gc.collect()
-    if _reset_peak() and (rss := _rss_kib()) is not None:
-        before = rss[0]
-        case.step(model)
-        after = _rss_kib()[1]
-    else:
-        before = _maxrss_kib()
-        case.step(model)
-        after = _maxrss_kib()
-    return max(0.0, after - before) / 1024
+    return peak_growth_mib(lambda: case.step(model))
 
 
 def cuda_peak_mib(case: _Case, model: str) -> float:
@@ -318,6 +378,137 @@ def peak_mib_in_subprocess(config: BenchConfig, model: str, backend: str) -> flo
         print(f"warning: memory probe {config.name}/{model} failed: {result.stderr.strip()}")
         return None
     return float(result.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------ event streaming
+EVENT_MODELS = ("plstm", "stream", "lstm", "lstm_cell", "cells")
+
+
+def _event_steps(config: EventConfig, seed: int = 0) -> tuple[dict[str, Callable[[], None]], float]:
+    """One callable per model that runs all of the config's events, one call per event, and
+    the share of neuron-events whose gate was open (update fraction)."""
+    c = config
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(c.events, 1, c.input_size, generator=gen)
+    gaps = torch.empty(c.events, 1, dtype=torch.float64).exponential_(1.0, generator=gen)
+    times = gaps.cumsum(0)
+    hidden = c.hidden_size
+    steps: dict[str, Callable[[], None]] = {}
+    if c.num_layers == 0:
+        cell = PhasedLSTMCell(c.input_size, hidden, r_on=c.r_on).eval()
+        lstm_cell = nn.LSTMCell(c.input_size, hidden).eval()
+
+        def plstm_cell() -> None:
+            h = c_ = torch.zeros(1, hidden)
+            for j in range(c.events):
+                h, c_ = cell(x[j], times[j], (h, c_))
+
+        def baseline_cell() -> None:
+            h = c_ = torch.zeros(1, hidden)
+            for j in range(c.events):
+                h, c_ = lstm_cell(x[j], (h, c_))
+
+        steps = {"plstm": plstm_cell, "lstm_cell": baseline_cell}
+        layer = PhasedLSTM(c.input_size, hidden, r_on=c.r_on)
+        layer.load_state_dict({f"{k}_l0": v for k, v in cell.state_dict().items()})
+    else:
+        layer = PhasedLSTM(c.input_size, hidden, c.num_layers, r_on=c.r_on).eval()
+        lstm = nn.LSTM(c.input_size, hidden, c.num_layers).eval()
+        cells = [nn.LSTMCell(c.input_size if n == 0 else hidden, hidden).eval() for n in range(2)]
+        zeros = torch.zeros(c.num_layers, 1, hidden)
+
+        def plstm_layer() -> None:
+            hx = (zeros, zeros)
+            for j in range(c.events):
+                _, hx = layer(x[j : j + 1], times[j : j + 1], hx)
+
+        def plstm_stream() -> None:
+            stream = layer.stream()
+            for j in range(c.events):
+                stream(x[j], times[j])
+
+        def lstm_layer() -> None:
+            hx = (zeros, zeros)
+            for j in range(c.events):
+                _, hx = lstm(x[j : j + 1], hx)
+
+        def two_cells() -> None:
+            states = [(zeros[0], zeros[0]), (zeros[0], zeros[0])]
+            for j in range(c.events):
+                inp = x[j]
+                for n, lstm_cell in enumerate(cells):
+                    states[n] = lstm_cell(inp, states[n])
+                    inp = states[n][0]
+
+        steps = {
+            "plstm": plstm_layer,
+            "stream": plstm_stream,
+            "lstm": lstm_layer,
+            "cells": two_cells,
+        }
+    return steps, layer.eval().update_fraction(times)
+
+
+@dataclass(frozen=True)
+class EventRow:
+    config: EventConfig
+    us: dict[str, float]  # microseconds per event, by model
+    update_fraction: float
+
+    def baseline(self) -> float:
+        return min(self.us[m] for m in ("lstm", "lstm_cell", "cells") if m in self.us)
+
+    def ratio(self, model: str = "plstm") -> float:
+        return self.us[model] / self.baseline()
+
+
+def run_event_config(config: EventConfig, *, warmup: int, repeats: int) -> EventRow:
+    steps, fraction = _event_steps(config)
+    with torch.inference_mode():
+        times = _time_interleaved(steps, warmup, repeats)
+    us = {name: 1e3 * ms / config.events for name, ms in times.items()}
+    return EventRow(config, us, fraction)
+
+
+def format_event_table(rows: list[EventRow]) -> str:
+    header = (
+        "| config | PhasedLSTM us/event | PhasedLSTMStream us/event | nn.LSTMCell us/event "
+        "| nn.LSTM us/event | 2 nn.LSTMCells us/event | ratio | stream ratio | target "
+        "| PhasedLSTM events/s | gates open |"
+    )
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for row in rows:
+        us = row.us
+        stream_ratio = row.ratio("stream") if "stream" in us else None
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    row.config.describe(),
+                    _num(us.get("plstm")),
+                    _num(us.get("stream")),
+                    _num(us.get("lstm_cell")),
+                    _num(us.get("lstm")),
+                    _num(us.get("cells")),
+                    _num(row.ratio(), ".2f"),
+                    _num(stream_ratio, ".2f"),
+                    "-" if row.config.target is None else f"<= {row.config.target:g}",
+                    _num(1e6 / us["plstm"], ",.0f"),
+                    f"{row.update_fraction:.1%}",
+                ]
+            )
+            + " |"
+        )
+    for row in rows:
+        if row.config.num_layers == 2 and row.config.hidden_size == 110:
+            lines.append(
+                f"\nThroughput of a 2-layer H=110 stream: {1e6 / row.us['plstm']:,.0f} events/s "
+                f"calling the layer per event, {1e6 / row.us['stream']:,.0f} events/s with "
+                f"PhasedLSTMStream (nn.LSTM per event: {1e6 / row.us['lstm']:,.0f}, two "
+                f"nn.LSTMCells: {1e6 / row.us['cells']:,.0f})."
+            )
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------- the table
@@ -382,14 +573,14 @@ def _resolved_backends(backend: str, device: str = "cpu") -> str:
     if backend != "auto":
         return backend
     if device != "cpu":
-        from phased_lstm.ops import triton_backend
+        from phased_lstm.ops.backends import plan
 
-        # The shapes of a one-unit layer's recurrence: what "auto" decides on.
-        zeros = [torch.zeros(shape, device=device) for shape in ((1, 1, 4), (1, 1, 1), (4, 1))]
-        tensors = (*zeros, None, torch.zeros(1, 1, device=device), torch.zeros(1, 1, device=device))
-        if triton_backend.auto_usable(tensors):
-            return "auto -> triton (train and eval)"
-        return f"auto -> reference (Triton: {triton_backend.import_error() or 'not for this GPU'})"
+        def chosen(needs_grad: bool) -> str:
+            return plan(
+                "auto", device=device, dtype=torch.float32, needs_grad=needs_grad
+            ).backend.name
+
+        return f"auto -> {chosen(True)} (train), {chosen(False)} (eval)"
     from phased_lstm.ops import fused
 
     error = fused.build_error()
@@ -421,10 +612,12 @@ def _cuda_line() -> str:
     )
 
 
-def format_table(rows: list[BenchRow]) -> str:
-    def num(value: float | None, fmt: str = ".1f") -> str:
-        return "-" if value is None else format(value, fmt)
+def _num(value: float | None, fmt: str = ".1f") -> str:
+    """A table cell: the number formatted, or "-" where there is none."""
+    return "-" if value is None else format(value, fmt)
 
+
+def format_table(rows: list[BenchRow]) -> str:
     header = (
         "| config | PhasedLSTM ms | nn.LSTM ms | ratio | PhasedLSTM GFLOP/s | nn.LSTM GFLOP/s "
         "| matmul ms | PhasedLSTM / matmul | PhasedLSTM peak MB | nn.LSTM peak MB |"
@@ -436,15 +629,15 @@ def format_table(rows: list[BenchRow]) -> str:
             + " | ".join(
                 [
                     row.config.describe(),
-                    num(row.plstm_ms),
-                    num(row.lstm_ms),
-                    num(row.ratio, ".2f"),
-                    num(row.gflops(row.plstm_ms)),
-                    num(row.gflops(row.lstm_ms)),
-                    num(row.matmul_ms),
-                    num(None if row.matmul_ms is None else row.plstm_ms / row.matmul_ms, ".2f"),
-                    num(row.plstm_peak_mib),
-                    num(row.lstm_peak_mib),
+                    _num(row.plstm_ms),
+                    _num(row.lstm_ms),
+                    _num(row.ratio, ".2f"),
+                    _num(row.gflops(row.plstm_ms)),
+                    _num(row.gflops(row.lstm_ms)),
+                    _num(row.matmul_ms),
+                    _num(None if row.matmul_ms is None else row.plstm_ms / row.matmul_ms, ".2f"),
+                    _num(row.plstm_peak_mib),
+                    _num(row.lstm_peak_mib),
                 ]
             )
             + " |"
@@ -457,7 +650,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--configs",
         default=None,
-        help=f"comma-separated configs to run, from {', '.join(CONFIGS)} "
+        help=f"comma-separated configs to run, from {', '.join({**CONFIGS, **EVENT_CONFIGS})} "
         f"(default: {','.join(DEFAULT_CONFIGS)})",
     )
     parser.add_argument(
@@ -509,10 +702,11 @@ def _config_names(text: str | None, quick: bool, parser: argparse.ArgumentParser
     if text is None:
         return list(QUICK_CONFIGS if quick else DEFAULT_CONFIGS)
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in CONFIGS]
+    known = {**CONFIGS, **EVENT_CONFIGS}
+    unknown = [name for name in names if name not in known]
     if unknown or not names:
         parser.error(
-            f"unknown config {', '.join(unknown) or text!r}; choose from {', '.join(CONFIGS)}"
+            f"unknown config {', '.join(unknown) or text!r}; choose from {', '.join(known)}"
         )
     return names
 
@@ -549,17 +743,26 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     )
     rows = []
     for name in names:
-        rows.append(
-            run_config(
-                CONFIGS[name],
-                backend=args.backend,
-                warmup=warmup,
-                repeats=repeats,
-                memory=not args.no_memory,
-                device=args.device,
+        if name in CONFIGS:
+            rows.append(
+                run_config(
+                    CONFIGS[name],
+                    backend=args.backend,
+                    warmup=warmup,
+                    repeats=repeats,
+                    memory=not args.no_memory,
+                    device=args.device,
+                )
             )
-        )
-    print(format_table(rows))
+    if rows:
+        print(format_table(rows))
+    event_rows = [
+        run_event_config(EVENT_CONFIGS[name], warmup=warmup, repeats=repeats)
+        for name in names
+        if name in EVENT_CONFIGS
+    ]
+    if event_rows:
+        print(("\n" if rows else "") + format_event_table(event_rows))
     return 0
 
 

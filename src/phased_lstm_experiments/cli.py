@@ -1,8 +1,11 @@
-"""The ``phased-lstm`` console script: ``reproduce freq|freq2|adding`` and ``bench``.
+"""The ``phased-lstm`` console script: ``reproduce EXPERIMENT``, ``bench``, ``data NAME`` and
+``build-kernels``.
 
 ``phased-lstm reproduce freq`` runs the ``quick`` preset (about 20 minutes on a 2-core CPU);
 ``--preset paper`` is the paper's protocol and prints its estimated time first. Explicit options
-override the preset. Mistakes a user can make end in one line on stderr, never a traceback.
+override the preset. The experiments, their conditions, models, presets and own options come
+from the task registry (:mod:`.tasks`); nothing here names one. Mistakes a user can make end in
+one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -15,16 +18,14 @@ import time
 from pathlib import Path
 
 from .config import (
-    CONDITIONS,
-    EXPERIMENTS,
     GRADIENT_CLIP_MODES,
-    MODEL_NAMES,
-    PRESETS,
     TIME_GATE_ADAM_MODES,
     ExperimentConfig,
     TrainerOptions,
     preset_config,
 )
+from .datasets import DATASET_BUILDERS
+from .tasks import TASKS
 
 PROG = "phased-lstm"
 
@@ -66,6 +67,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _union(values) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(item for items in values for item in items))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Phased LSTM: reproduce the paper's experiments, or benchmark."
@@ -79,22 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reproduce.add_argument(
         "experiment",
-        choices=EXPERIMENTS,
-        help="freq: frequency discrimination (fig. 3a-d); freq2: two frequencies (fig. 3e); "
-        "adding: the adding task (fig. 4)",
+        choices=tuple(TASKS),
+        help="; ".join(f"{name}: {task.help}" for name, task in TASKS.items()),
     )
-    reproduce.add_argument("--preset", choices=PRESETS, default="quick", help="default: quick")
-    all_conditions = tuple(dict.fromkeys(c for cs in CONDITIONS.values() for c in cs))
+    presets = _union(task.presets for task in TASKS.values())
+    reproduce.add_argument("--preset", choices=presets, default="quick", help="default: quick")
     reproduce.add_argument(
         "--condition",
-        type=_csv_choices("condition", all_conditions),
-        help="comma-separated; freq: standard,highres,async (default all); adding: Phased "
-        "LSTM period ranges tau0-2,tau2-4,tau4-6,tau6-8 (default all)",
+        type=_csv_choices("condition", _union(task.conditions for task in TASKS.values())),
+        help="comma-separated (default: all of the experiment's); "
+        + "; ".join(f"{name}: {','.join(task.conditions)}" for name, task in TASKS.items()),
     )
+    models = _union(task.models for task in TASKS.values())
     reproduce.add_argument(
         "--models",
-        type=_csv_choices("model", MODEL_NAMES),
-        help=f"comma-separated, from {', '.join(MODEL_NAMES)} (cfc needs phased-lstm[cfc])",
+        type=_csv_choices("model", models),
+        help=f"comma-separated, from {', '.join(models)} (cfc needs phased-lstm[cfc])",
     )
     reproduce.add_argument("--seeds", type=_seed_list, help="comma-separated, e.g. 1,2,3")
     reproduce.add_argument("--epochs", type=_positive_int, help="default: the preset's")
@@ -143,46 +148,105 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--devices", default="1", help="Lightning devices: a count, ids, auto")
     reproduce.add_argument("--num-nodes", type=_positive_int, default=1)
     reproduce.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp")
-    reproduce.add_argument("--no-progress-bar", action="store_true")
+    reproduce.add_argument(
+        "--no-progress-bar",
+        action="store_true",
+        help="plain progress lines instead of a bar redrawn in place on a terminal",
+    )
     reproduce.add_argument(
         "--dry-run",
         action="store_true",
         help="print the resolved configuration and the estimated time, then stop",
     )
+    _add_task_options(reproduce)
     bench = commands.add_parser("bench", help="benchmark the recurrence backends", add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    kernels = commands.add_parser(
+        "build-kernels",
+        help="compile the C++ kernels now rather than at first use",
+        add_help=False,
+    )
+    kernels.add_argument("build_args", nargs=argparse.REMAINDER)
+    builders = "; ".join(f"{b.name}: {b.help}" for b in DATASET_BUILDERS.values())
+    data = commands.add_parser(
+        "data",
+        help="build a dataset on disk",
+        description=f"Build a dataset on disk. {builders or 'No builders in this version.'}",
+    )
+    data.add_argument("name", metavar="NAME", help=", ".join(DATASET_BUILDERS) or "none yet")
+    data.add_argument(
+        "data_args", nargs=argparse.REMAINDER, metavar="OPTIONS", help="the builder's own options"
+    )
     return parser
+
+
+def _add_task_options(reproduce: argparse.ArgumentParser) -> None:
+    """Each task's own options, in a group per task. Tasks that share an option (the same
+    name) share its flag; its help names every task that has it."""
+    actions: dict[str, argparse.Action] = {}
+    for name, task in TASKS.items():
+        if not task.options:
+            continue
+        group = reproduce.add_argument_group(f"options of {name}")
+        for option in task.options:
+            if option.name in actions:
+                actions[option.name].help += f"; {name}: {option.help}"
+                continue
+            actions[option.name] = group.add_argument(
+                option.flag,
+                dest=f"task_{option.name}",
+                type=option.type,
+                metavar=option.metavar,
+                help=f"{name}: {option.help} (default: {option.default!r})",
+            )
 
 
 def resolve_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ExperimentConfig:
     """The preset's configuration with every option given on the command line applied."""
+    task = TASKS[args.experiment]
+    if args.preset not in task.presets:
+        parser.error(
+            f"argument --preset: {args.experiment} has no preset {args.preset!r}; choose from "
+            f"{', '.join(task.presets)}"
+        )
     config = preset_config(args.experiment, args.preset)
-    if args.condition is not None:
-        valid = CONDITIONS[args.experiment]
-        unknown = [c for c in args.condition if c not in valid]
+    for option, kind, valid in (
+        ("condition", "condition", task.conditions),
+        ("models", "model", task.models),
+    ):
+        unknown = [item for item in getattr(args, option) or () if item not in valid]
         if unknown:
             parser.error(
-                f"argument --condition: unknown condition {', '.join(map(repr, unknown))} for "
+                f"argument --{option}: unknown {kind} {', '.join(map(repr, unknown))} for "
                 f"{args.experiment}; choose from {', '.join(valid)}"
             )
+    if args.condition is not None:
         config.conditions = args.condition
-    for option, name in (
-        ("models", "models"),
-        ("seeds", "seeds"),
-        ("epochs", "epochs"),
-        ("samples_per_epoch", "samples_per_epoch"),
-        ("test_samples", "test_samples"),
-        ("batch_size", "batch_size"),
-        ("gradient_clip_mode", "gradient_clip_mode"),
-        ("time_gate_adam", "time_gate_adam"),
-        ("threads", "threads"),
+    for name in (
+        "models",
+        "seeds",
+        "epochs",
+        "samples_per_epoch",
+        "test_samples",
+        "batch_size",
+        "gradient_clip_mode",
+        "time_gate_adam",
+        "threads",
     ):
-        value = getattr(args, option)
+        value = getattr(args, name)
         if value is not None:
             setattr(config, name, value)
     if args.samples_per_epoch is not None:
         # An explicit count holds for every condition, the preset's exceptions included.
         config.condition_samples = {}
+    own = {option.name for option in task.options}
+    for key, value in vars(args).items():
+        if key.startswith("task_") and value is not None:
+            name = key.removeprefix("task_")
+            if name not in own:
+                flag = "--" + name.replace("_", "-")
+                parser.error(f"argument {flag}: not an option of {args.experiment}")
+            config.options[name] = value
     single_cpu = (
         args.accelerator == "cpu"
         and args.devices == "1"
@@ -263,6 +327,12 @@ def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if is_global_zero():
             # Refuse a wrong --out before spending minutes on the estimate.
             prepare_output(config, out, args.resume)
+            if args.resume and not (out / "config.json").exists():
+                print(
+                    f"{PROG}: --resume: {out} holds no results yet; starting fresh",
+                    file=sys.stderr,
+                    flush=True,
+                )
             print(
                 f"{PROG}: {config.experiment}, preset {config.preset}: {len(config.runs())} runs "
                 f"({', '.join(config.models)} x {', '.join(config.conditions)} x seeds "
@@ -302,13 +372,34 @@ def bench(bench_args: list[str]) -> int:
     return bench_main(bench_args) or 0
 
 
+def build_kernels(build_args: list[str]) -> int:
+    from phased_lstm.ops.build import main as build_main
+
+    return build_main(build_args, prog=f"{PROG} build-kernels")
+
+
+def data(name: str, data_args: list[str], parser: argparse.ArgumentParser) -> int:
+    builder = DATASET_BUILDERS.get(name)
+    if builder is None:
+        choices = f"choose from {', '.join(DATASET_BUILDERS)}" if DATASET_BUILDERS else "none yet"
+        parser.error(f"argument NAME: unknown dataset {name!r}; {choices}")
+    return builder.main(data_args)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if argv and argv[0] == "bench":
         # Everything after `bench` belongs to the benchmark's own parser, --help included.
         return bench(argv[1:])
+    if argv and argv[0] == "build-kernels":
+        return build_kernels(argv[1:])
+    if len(argv) > 1 and argv[0] == "data" and not argv[1].startswith("-"):
+        # The same for a dataset builder: everything after its name is its own.
+        return data(argv[1], argv[2:], parser)
     args = parser.parse_args(argv)
+    if args.command == "data":
+        return data(args.name, args.data_args, parser)
     return reproduce(args, parser)
 
 

@@ -1,20 +1,24 @@
-"""Experiment configurations: what each experiment runs, and the ``quick``/``paper`` presets.
+"""Experiment configurations: the runs of an experiment and the protocol they share.
 
-A configuration is a plain dataclass that the CLI fills from a preset and the options given
-explicitly; it is written to ``config.json`` in the output folder and checked on ``--resume``.
+A configuration is a plain dataclass that the CLI fills from a preset of the experiment's task
+(:mod:`.tasks`) and the options given explicitly; it is written to ``config.json`` in the output
+folder and checked on ``--resume``. What differs between experiments is asked of the task
+registry; nothing here names an experiment.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import math
 from dataclasses import dataclass, field
-
-from phased_lstm.data import FREQUENCY_CONDITIONS
+from typing import Any
 
 from .models import GATE_CLIP_MODELS, MODEL_NAMES, ModelSpec
+from .tasks import TASKS, get_task
+from .tasks.adding import ADDING_PERIOD_RANGES
 
-EXPERIMENTS = ("freq", "freq2", "adding")
+EXPERIMENTS = tuple(TASKS)
+CONDITIONS = {name: task.conditions for name, task in TASKS.items()}
 PRESETS = ("quick", "paper")
 # "gates": the gradient of the gate pre-activations is clipped inside the recurrence, as the
 # authors' Lasagne code did (models without such gates, CfC, clip their parameter gradients);
@@ -25,29 +29,9 @@ GRADIENT_CLIP_MODES = ("gates", "value")
 # log_period and logit_r_on, whose steps are relative (r_on then learns ~20x slower).
 TIME_GATE_ADAM_MODES = ("direct", "stored")
 
-# The adding task compares Phased LSTMs initialised with these period ranges, tau = exp(U(a, b))
-# in steps (fig. 4); each is a "condition" of the plstm model. The baselines run once.
-ADDING_PERIOD_RANGES = {"tau0-2": (0, 2), "tau2-4": (2, 4), "tau4-6": (4, 6), "tau6-8": (6, 8)}
-ADDING_BASELINE_CONDITION = "adding"
-
-CONDITIONS = {
-    "freq": FREQUENCY_CONDITIONS,
-    "freq2": ("async",),
-    "adding": tuple(ADDING_PERIOD_RANGES),
-}
-
-# Mean sequence length of each task, to schedule the costly runs first.
-MEAN_STEPS = {
-    ("freq", "standard"): 70,
-    ("freq", "highres"): 700,
-    ("freq", "async"): 70,
-    ("freq2", "async"): 550,
-}
-_ADDING_MEAN_STEPS = 500
-
 # Protocol fields: runs made with different values are not comparable, so a --resume into a
 # folder written with other values is refused. The others (epochs, models, conditions, seeds,
-# devices) may grow on resume.
+# devices) may grow on resume. A task's options say themselves whether they are protocol.
 PROTOCOL_FIELDS = (
     "experiment",
     "samples_per_epoch",
@@ -60,11 +44,18 @@ PROTOCOL_FIELDS = (
     "time_gate_adam",
     "hidden_size",
 )
+# Folders written before these fields existed were trained with parameter clipping and plain
+# Adam on the stored time-gate parameters.
+_LEGACY_DEFAULTS = {"gradient_clip_mode": "value", "time_gate_adam": "stored"}
 
 
 @dataclass
 class TrainerOptions:
-    """Options passed through to ``lightning.Trainer``."""
+    """Options passed through to ``lightning.Trainer``, and how the runs are laid out.
+
+    ``progress_bar``: draw the overall progress as a bar on a terminal (else plain lines);
+    ``jobs``: runs trained side by side, in separate processes.
+    """
 
     accelerator: str = "cpu"
     devices: str = "1"
@@ -78,10 +69,11 @@ class TrainerOptions:
 class ExperimentConfig:
     """One experiment: which runs to make and the training protocol they share.
 
-    Every (model, condition, seed) triple is one run. For ``adding``, the conditions are the
-    Phased LSTM period ranges; baseline models run once, under the condition ``"adding"``.
+    Every (model, condition, seed) triple the task lists (:meth:`runs`) is one run.
     ``condition_samples`` overrides ``samples_per_epoch`` for some conditions (the quick preset
-    gives the ten times longer high-resolution sequences fewer examples).
+    gives the ten times longer high-resolution sequences fewer examples). ``options`` holds the
+    values of the task's own options (:class:`.tasks.TaskOption`); it is left out of
+    ``config.json`` when empty, as folders of experiments without options always were.
     """
 
     experiment: str
@@ -101,68 +93,71 @@ class ExperimentConfig:
     condition_samples: dict[str, int] = field(default_factory=dict)
     threads: int = 0
     trainer: TrainerOptions = field(default_factory=TrainerOptions)
+    options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if not data["options"]:
+            del data["options"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> ExperimentConfig:
-        data = dict(data)
-        # Folders written before the mode existed were trained with parameter clipping.
-        data.setdefault("gradient_clip_mode", "value")
-        data.setdefault("time_gate_adam", "stored")
+        data = {**_LEGACY_DEFAULTS, **data}
         data["trainer"] = TrainerOptions(**data.get("trainer", {}))
         return cls(**data)
 
     def runs(self) -> list[tuple[str, str, int]]:
         """Every (model, condition, seed) of this experiment, in the order they are run."""
-        runs = []
-        for seed in self.seeds:
-            for model in self.models:
-                if self.experiment == "adding" and model != "plstm":
-                    runs.append((model, ADDING_BASELINE_CONDITION, seed))
-                else:
-                    runs.extend((model, condition, seed) for condition in self.conditions)
-        return runs
+        return get_task(self.experiment).runs(self)
 
     def samples_for(self, condition: str) -> int:
         """Training examples per epoch under ``condition``."""
         return self.condition_samples.get(condition, self.samples_per_epoch)
 
-    def run_cost(self, condition: str) -> int:
-        """Steps of one epoch under ``condition``, a relative measure of a run's duration."""
-        steps = MEAN_STEPS.get((self.experiment, condition), _ADDING_MEAN_STEPS)
-        return self.samples_for(condition) * steps
+    def run_cost(self, condition: str) -> float:
+        """A relative measure of the duration of one epoch under ``condition``."""
+        return get_task(self.experiment).run_cost(self, condition)
+
+    def protocol(self) -> dict[str, Any]:
+        """The values that runs in one folder must share (see ``PROTOCOL_FIELDS``)."""
+        data = self.to_dict()
+        values = {name: data[name] for name in PROTOCOL_FIELDS}
+        for option in get_task(self.experiment).options:
+            if option.protocol:
+                values[option.flag] = self.options.get(option.name)
+        return values
+
+
+def protocol_of(data: dict) -> dict[str, Any]:
+    """:meth:`ExperimentConfig.protocol` of a ``config.json`` as read from disk: fields that an
+    older version did not write read as what it did, other missing ones as ``None``."""
+    data = {**_LEGACY_DEFAULTS, **data}
+    values = {name: data.get(name) for name in PROTOCOL_FIELDS}
+    task = TASKS.get(data.get("experiment"))
+    for option in task.options if task is not None else ():
+        if option.protocol:
+            values[option.flag] = data.get("options", {}).get(option.name)
+    return values
+
+
+def run_name(model: str, condition: str, seed: int) -> str:
+    return f"{model}-{condition}-seed{seed}"
+
+
+def pending_runs(config: ExperimentConfig, results: dict) -> list[tuple[str, str, int]]:
+    """The runs of ``config`` that ``results`` does not record as trained to ``config.epochs``."""
+    pending = []
+    for run in config.runs():
+        done = results["runs"].get(run_name(*run))
+        if done is None or done["epochs"] < config.epochs:
+            pending.append(run)
+    return pending
 
 
 def model_spec(config: ExperimentConfig, model: str, condition: str) -> ModelSpec:
     """What ``model`` needs to know about the task of ``config`` under ``condition``."""
-    gate_clip = config.gradient_clip if config.gradient_clip_mode == "gates" else None
-    if config.experiment == "adding":
-        low, high = ADDING_PERIOD_RANGES.get(condition, ADDING_PERIOD_RANGES["tau0-2"])
-        return ModelSpec(
-            input_size=2,
-            num_outputs=1,
-            classify=False,
-            hidden_size=config.hidden_size,
-            period_range=(math.exp(low), math.exp(high)),
-            shift_range=None,
-            time_as_input=False,
-            max_steps=510,
-            grad_clip=gate_clip,
-        )
-    # Frequency tasks: the authors' time gate, tau = exp(U(1, 3)) ms and s ~ U(0, 100) ms.
-    return ModelSpec(
-        input_size=1,
-        num_outputs=2,
-        classify=True,
-        hidden_size=config.hidden_size,
-        period_range=(math.e, math.e**3),
-        shift_range=(0.0, 100.0),
-        time_as_input=True,
-        max_steps=1250 if config.experiment == "freq" else 1000,
-        grad_clip=gate_clip,
-    )
+    return get_task(config.experiment).model_spec(config, model, condition)
 
 
 def parameter_clip(config: ExperimentConfig, model: str) -> float | None:
@@ -175,57 +170,14 @@ def parameter_clip(config: ExperimentConfig, model: str) -> float | None:
 
 def preset_config(experiment: str, preset: str) -> ExperimentConfig:
     """The configuration of ``experiment`` under ``preset``, before explicit CLI options."""
-    if experiment not in EXPERIMENTS:
-        raise ValueError(f"experiment must be one of {', '.join(EXPERIMENTS)}, got {experiment!r}")
-    if preset not in PRESETS:
-        raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
-    conditions = list(CONDITIONS[experiment])
-    if preset == "paper":
-        epochs = {"freq": 70, "freq2": 300, "adding": 30}[experiment]
-        return ExperimentConfig(
-            experiment=experiment,
-            preset=preset,
-            models=["plstm", "lstm", "bnlstm-input", "bnlstm"]
-            if experiment != "adding"
-            else ["plstm", "lstm"],
-            conditions=conditions,
-            seeds=[1, 2, 3, 4, 5],
-            epochs=epochs,
-            samples_per_epoch=5000,
-            test_samples=500,
-        )
-    # Sized to finish within 20 minutes on a 2-core CPU with the fused backend (two runs side by
-    # side): the Phased LSTM needs ~3000-4000 batches on standard and async sampling to pass
-    # 90%, and ~400-800 on the high resolution, whose every example costs ten times more.
-    quick = {
-        "freq": dict(
-            epochs=10,
-            samples_per_epoch=12800,
-            test_samples=500,
-            condition_samples={"highres": 2560},
-        ),
-        # Not sized to reach the paper's numbers: the two-frequency task takes the Phased LSTM
-        # ~50 epochs of 5000 examples, and the adding task's Phased LSTMs with long periods
-        # only start to learn after ~1500 batches (the LSTM later still).
-        "freq2": dict(epochs=10, samples_per_epoch=1920, test_samples=500),
-        "adding": dict(epochs=10, samples_per_epoch=8000, test_samples=500),
-    }[experiment]
-    return ExperimentConfig(
-        experiment=experiment,
-        preset=preset,
-        models=["plstm", "lstm", "bnlstm-input"] if experiment != "adding" else ["plstm", "lstm"],
-        conditions=conditions,
-        seeds=[1],
-        # Not the authors' clipping and Adam steps (the paper preset's): this short protocol
-        # stops the high-resolution run after 800 batches, where its test accuracy still swings
-        # by 10-30 points from epoch to epoch. Seed 1 after epoch 10: 91.0% with these
-        # settings (94.6% in an earlier run that differed only in float rounding); 82.2% with
-        # clipping inside the recurrence, 85.2% with direct Adam steps, 54.8% with both
-        # (docs/reproduction.md).
-        gradient_clip_mode="value",
-        time_gate_adam="stored",
-        **quick,
-    )
+    task = get_task(experiment)
+    if preset not in task.presets:
+        raise ValueError(f"preset must be one of {', '.join(task.presets)}, got {preset!r}")
+    values = copy.deepcopy(task.presets[preset])
+    options = {option.name: option.default for option in task.options}
+    options.update(values.pop("options", {}))
+    values.setdefault("conditions", list(task.conditions))
+    return ExperimentConfig(experiment=experiment, preset=preset, options=options, **values)
 
 
 __all__ = [
@@ -233,13 +185,16 @@ __all__ = [
     "CONDITIONS",
     "EXPERIMENTS",
     "GRADIENT_CLIP_MODES",
-    "TIME_GATE_ADAM_MODES",
     "MODEL_NAMES",
     "PRESETS",
     "PROTOCOL_FIELDS",
+    "TIME_GATE_ADAM_MODES",
     "ExperimentConfig",
     "TrainerOptions",
     "model_spec",
     "parameter_clip",
+    "pending_runs",
     "preset_config",
+    "protocol_of",
+    "run_name",
 ]

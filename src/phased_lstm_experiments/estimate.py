@@ -37,6 +37,7 @@ def time_batches(
         config,
         trainer=TrainerOptions(accelerator=config.trainer.accelerator, progress_bar=False),
         samples_per_epoch=(batches + 1) * config.batch_size,
+        condition_samples={},
     )
     module, data = build_run(single, model, condition, seed)
     timer = _BatchTimer()

@@ -1,27 +1,36 @@
 """Runs an experiment: every (model, condition, seed) through a Lightning Trainer, resumably.
 
 The output folder holds ``config.json`` (the resolved configuration), ``results.json`` (one
-record per finished run, with its per-epoch history), ``metrics.csv``, ``results.md``, the
-figures, and ``runs/<run>/`` with each run's checkpoints and Lightning CSV logs
-(TensorBoard logs go to ``tensorboard/<run>/``). ``--resume`` skips the runs recorded as
-finished in ``results.json`` and continues the others from their ``last.ckpt``.
+record per finished run, with its per-epoch history, and one entry per command that trained,
+with its wall time), ``metrics.csv``, ``results.md``, the figures, and ``runs/<run>/`` with each
+run's checkpoints and Lightning CSV logs (TensorBoard logs go to ``tensorboard/<run>/``).
+``--resume`` skips the runs recorded as finished in ``results.json`` and continues the others
+from their ``last.ckpt``.
+
+With ``--jobs N > 1`` the runs go to N worker processes. The main process owns them: it hands
+out the runs, shows their progress, records their results, and on SIGTERM or Ctrl-C stops
+them all (each stops at its last finished epoch), waits a bounded time and kills what is
+left. A worker whose main process dies (even by SIGKILL) notices within a second and stops.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import json
 import logging
 import multiprocessing
 import os
 import signal
 import sys
-import tempfile
+import threading
 import time
+import traceback
 import warnings
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing.connection import wait as wait_for
 from pathlib import Path
 
 import lightning as L
@@ -29,14 +38,25 @@ import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from .config import PROTOCOL_FIELDS, ExperimentConfig, model_spec, parameter_clip
+from .config import (
+    ExperimentConfig,
+    parameter_clip,
+    pending_runs,
+    protocol_of,
+    run_name,
+)
+from .files import ExperimentError, Interrupted, check_writable, write_atomic, write_json
+from .progress import Progress
+from .tasks import get_task
 from .training import TaskData, TaskModule
 
 RESULTS_VERSION = 1
+# How long stopped workers may take to finish their graceful stop before they are killed.
+STOP_GRACE_S = 15.0
+# Batch progress is reported at most this often (seconds).
+_BATCH_REPORT_S = 1.0
 
-
-class ExperimentError(Exception):
-    """A mistake the user can fix; the CLI prints its message alone, without a traceback."""
+_INTERRUPTED = "interrupted; rerun the same command with --resume to continue"
 
 
 def quiet_lightning() -> None:
@@ -55,20 +75,6 @@ def quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=message)
 
 
-def run_name(model: str, condition: str, seed: int) -> str:
-    return f"{model}-{condition}-seed{seed}"
-
-
-def pending_runs(config: ExperimentConfig, results: dict) -> list[tuple[str, str, int]]:
-    """The runs of ``config`` that ``results`` does not record as trained to ``config.epochs``."""
-    pending = []
-    for run in config.runs():
-        done = results["runs"].get(run_name(*run))
-        if done is None or done["epochs"] < config.epochs:
-            pending.append(run)
-    return pending
-
-
 def is_global_zero() -> bool:
     """Whether this process is the one that writes files, before any Trainer exists.
 
@@ -80,34 +86,13 @@ def is_global_zero() -> bool:
     return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
-def _file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def write_atomic(path: Path, text: str | bytes) -> None:
-    """Write a file so that a reader (or a crash) never sees it half written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = text.encode() if isinstance(text, str) else text
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp creates the file private (0600); give it the mode of an ordinary new file.
-        os.fchmod(fd, _file_mode())
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, data: object) -> None:
-    write_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+def _fresh_results() -> dict:
+    return {"version": RESULTS_VERSION, "runs": {}}
 
 
 def prepare_output(config: ExperimentConfig, out: Path, resume: bool) -> dict:
     """Check that ``out`` may receive ``config``'s runs; return the results recorded there."""
+    check_writable(out)
     config_path, results_path = out / "config.json", out / "results.json"
     if not config_path.exists():
         if out.exists() and any(out.iterdir()):
@@ -115,7 +100,7 @@ def prepare_output(config: ExperimentConfig, out: Path, resume: bool) -> dict:
                 f"--out {out} is not empty and holds no phased-lstm experiment; "
                 "choose an empty or new folder"
             )
-        return {"version": RESULTS_VERSION, "runs": {}}
+        return _fresh_results()
     try:
         previous = json.loads(config_path.read_text())
         previous_experiment = previous["experiment"]
@@ -131,11 +116,11 @@ def prepare_output(config: ExperimentConfig, out: Path, resume: bool) -> dict:
             f"--out {out} already holds results of this experiment; "
             "pass --resume to continue them, or choose another folder"
         )
-    current = config.to_dict()
+    before, now = protocol_of(previous), config.protocol()
     changed = [
-        f"{name} was {previous.get(name)!r}, now {current[name]!r}"
-        for name in PROTOCOL_FIELDS
-        if previous.get(name) != current[name]
+        f"{name} was {before[name]!r}, now {now[name]!r}"
+        for name in now
+        if before[name] != now[name]
     ]
     if changed:
         raise ExperimentError(
@@ -143,7 +128,7 @@ def prepare_output(config: ExperimentConfig, out: Path, resume: bool) -> dict:
             "resume with the same settings or choose another folder"
         )
     if not results_path.exists():
-        return {"version": RESULTS_VERSION, "runs": {}}
+        return _fresh_results()
     try:
         return json.loads(results_path.read_text())
     except ValueError:
@@ -183,6 +168,28 @@ class EpochCheckpoint(Checkpoint):
         trainer.strategy.barrier("phased_lstm.epoch_checkpoint")
 
 
+class _ProgressReporter(Callback):
+    """Sends a run's start and its share of the current epoch to the progress display."""
+
+    def __init__(self, name: str, report: Callable[[tuple], None]):
+        self.name, self.report = name, report
+        self._last = 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self.report(("start", self.name, trainer.current_epoch))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.monotonic()
+        if not trainer.is_global_zero or now - self._last < _BATCH_REPORT_S:
+            return
+        self._last = now
+        batches = trainer.num_training_batches
+        if isinstance(batches, int | float) and 0 < batches < float("inf"):
+            done = trainer.current_epoch + (batch_idx + 1) / batches
+            self.report(("batch", self.name, done))
+
+
 def make_trainer(
     config: ExperimentConfig,
     model: str,
@@ -193,7 +200,10 @@ def make_trainer(
     callbacks: list[Callback] | None = None,
     **overrides,
 ) -> L.Trainer:
-    """A Trainer with the experiment's protocol for ``model`` and the user's device options."""
+    """A Trainer with the experiment's protocol for ``model`` and the user's device options.
+
+    Lightning's own progress bar stays off: the experiment's display covers all runs.
+    """
     options = config.trainer
     clip = parameter_clip(config, model)
     callbacks = list(callbacks or [])
@@ -216,7 +226,7 @@ def make_trainer(
         callbacks=callbacks,
         logger=loggers or False,
         enable_checkpointing=run_dir is not None,
-        enable_progress_bar=options.progress_bar,
+        enable_progress_bar=False,
         enable_model_summary=False,
         log_every_n_steps=10,
         default_root_dir=run_dir,
@@ -236,43 +246,46 @@ def _devices(devices: str) -> int | str | list[int]:
 def build_run(config: ExperimentConfig, model: str, condition: str, seed: int):
     """The seeded LightningModule and DataModule of one run."""
     L.seed_everything(seed, workers=True, verbose=False)
-    spec = model_spec(config, model, condition)
+    task = get_task(config.experiment)
+    spec = task.model_spec(config, model, condition)
     module = TaskModule(
-        model, dataclasses.asdict(spec), config.learning_rate, config.time_gate_adam
+        task.build_model(model, spec),
+        classify=spec.classify,
+        learning_rate=config.learning_rate,
+        time_gate_adam=config.time_gate_adam,
+        evaluation_metrics=task.evaluation_metrics,
     )
-    data = TaskData(
-        config.experiment,
-        condition,
-        seed,
-        config.samples_for(condition),
-        config.test_samples,
-        config.batch_size,
-    )
-    return module, data
+    return module, TaskData(task, config, model, condition, seed)
 
 
 def train_run(
-    config: ExperimentConfig, model: str, condition: str, seed: int, out: Path, resume: bool
+    config: ExperimentConfig,
+    model: str,
+    condition: str,
+    seed: int,
+    out: Path,
+    resume: bool,
+    report: Callable[[tuple], None] | None = None,
 ) -> dict:
     """Train one run to ``config.epochs`` (continuing from its last checkpoint) and return its
-    record for ``results.json``."""
+    record for ``results.json``. ``report`` receives its progress events (:mod:`.progress`)."""
     name = run_name(model, condition, seed)
     run_dir = out / "runs" / name
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     module, data = build_run(config, model, condition, seed)
-    if not config.trainer.progress_bar:
-        # One line per epoch instead of the bar: what logs and side-by-side jobs can keep.
-        module.epoch_line_prefix = f"[{name}] "
+    callbacks = []
+    if report is not None:
+        callbacks.append(_ProgressReporter(name, report))
+        module.epoch_listener = lambda row: report(("epoch", name, row))
     trainer = make_trainer(
         config,
         model,
         max_epochs=config.epochs,
         run_dir=run_dir,
         tensorboard_dir=out / "tensorboard",
+        callbacks=callbacks,
     )
-    interrupted = ExperimentError(
-        f"interrupted during {name}; rerun the same command with --resume to continue"
-    )
+    interrupted = Interrupted(f"interrupted during {name}; {_INTERRUPTED}")
     try:
         trainer.fit(
             module,
@@ -297,6 +310,10 @@ def train_run(
     }
 
 
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
 def run_experiment(
     config: ExperimentConfig,
     out: Path,
@@ -309,101 +326,307 @@ def run_experiment(
     With ``config.trainer.jobs > 1`` the runs go to that many worker processes on one device
     each (independent runs, each seeded by itself, so the results do not depend on it), the
     costliest first. ``on_update`` (the report writer) is called after every run on the
-    writing process.
+    writing process. A command that trains appends its wall time to ``results["sessions"]``,
+    also when it is interrupted.
     """
     quiet_lightning()
     writer = is_global_zero()
-    results = prepare_output(config, out, resume) if writer else {"runs": {}}
+    results = prepare_output(config, out, resume) if writer else _fresh_results()
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     if writer:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", config.to_dict())
-    started = time.perf_counter()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / "config.json", config.to_dict())
+        except OSError as error:
+            raise ExperimentError(
+                f"--out {out} cannot be written: {error.strerror or error}"
+            ) from None
     pending = pending_runs(config, results)
+    jobs = min(config.trainer.jobs, len(pending))
+    if jobs > 1:
+        _check_parallel_options(config)
+    progress = None
+    session = None
+    if writer and pending:
+        progress = Progress(
+            {run_name(*run): config.run_cost(run[1]) for run in pending},
+            config.epochs,
+            bar=None if config.trainer.progress_bar else False,
+        )
+        # "running" until the command ends; it stays so if the process was killed outright.
+        session = {"started": _now(), "ended": None, "seconds": 0.0, "runs": 0, "jobs": jobs}
+        session["status"] = "running"
+        results.setdefault("sessions", []).append(session)
+    started = time.monotonic()
+
+    def close_session(status: str) -> None:
+        if session is not None:
+            session.update(ended=_now(), seconds=round(time.monotonic() - started, 1))
+            session["status"] = status
+
+    def save(report: bool = True) -> None:
+        results["config"] = config.to_dict()
+        write_json(out / "results.json", results)
+        if report and on_update is not None:
+            on_update(config, results, out)
 
     def record(run: tuple[str, str, int], result: dict) -> None:
         results["runs"][run_name(*run)] = result
         if writer:
-            results["config"] = config.to_dict()
-            write_json(out / "results.json", results)
-            if on_update is not None:
-                on_update(config, results, out)
-        summary = ", ".join(f"{k} {v:.4g}" for k, v in result["final"].items() if k != "epoch")
-        _say(f"[{run_name(*run)}] done: {summary}", writer)
+            session["runs"] += 1
+            close_session("running")
+            save()
+            summary = ", ".join(f"{k} {v:.4g}" for k, v in result["final"].items() if k != "epoch")
+            progress.run_done(run_name(*run), f"[{run_name(*run)}] done: {summary}")
 
-    jobs = min(config.trainer.jobs, len(pending))
-    if jobs > 1:
-        _run_parallel(config, pending, jobs, out, resume, record)
-    else:
-        for run in pending:
-            _say(f"[{run_name(*run)}] training for {config.epochs} epochs", writer)
-            record(run, train_run(config, *run, out, resume))
-    if writer and on_update is not None:
+    try:
+        if jobs > 1:
+            _run_parallel(config, pending, jobs, out, resume, record, progress)
+        else:
+            for run in pending:
+                report = progress.handle if progress is not None else None
+                record(run, train_run(config, *run, out, resume, report))
+    except BaseException as error:
+        if session is not None:
+            stopped = isinstance(error, KeyboardInterrupt | Interrupted)
+            close_session("interrupted" if stopped else "failed")
+            # The session only: an interrupted command ends fast, the next one writes the report.
+            with contextlib.suppress(Exception):
+                save(report=False)
+        raise
+    finally:
+        if progress is not None:
+            progress.close()
+    if session is not None:
+        close_session("finished")
+        save()
+    elif writer and on_update is not None:
         on_update(config, results, out)
-    _say(f"finished in {time.perf_counter() - started:.0f} s; results in {out}", writer)
+    _say(f"finished in {time.monotonic() - started:.0f} s; results in {out}", writer)
     return results
 
 
-def _run_parallel(config, pending, jobs, out, resume, record) -> None:
+# Parallel runs ------------------------------------------------------------------------------
+
+
+def _check_parallel_options(config: ExperimentConfig) -> None:
     trainer = config.trainer
     if trainer.devices != "1" or trainer.num_nodes != 1 or trainer.strategy != "auto":
         raise ExperimentError(
             "--jobs > 1 runs whole runs side by side on one device each; it cannot be combined "
             "with --devices, --num-nodes or --strategy (use --jobs 1 for those)"
         )
+
+
+def _run_parallel(config, pending, jobs, out, resume, record, progress) -> None:
+    trainer = config.trainer
     threads = config.threads or max(1, (os.cpu_count() or 1) // jobs)
     worker_config = dataclasses.replace(
-        config,
-        threads=threads,
-        trainer=dataclasses.replace(trainer, progress_bar=False, jobs=1),
+        config, threads=threads, trainer=dataclasses.replace(trainer, progress_bar=False, jobs=1)
     )
     order = sorted(pending, key=lambda run: -config.run_cost(run[1]))
-    _say(f"running {len(order)} runs in {jobs} processes of {threads} threads", True)
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        max_workers=jobs, mp_context=context, initializer=_init_worker
-    ) as pool:
-        futures = {
-            pool.submit(_train_in_worker, worker_config.to_dict(), *run, str(out), resume): run
-            for run in order
-        }
+    progress.say(f"running {len(order)} runs in {jobs} processes of {threads} threads")
+    pool = _WorkerPool(jobs, worker_config.to_dict(), str(out), resume)
+    try:
+        pool.run(deque(order), record, progress.handle)
+    except KeyboardInterrupt:
+        raise Interrupted(_INTERRUPTED) from None
+    finally:
+        pool.stop(record)
+
+
+@dataclasses.dataclass
+class _Worker:
+    process: multiprocessing.process.BaseProcess
+    conn: multiprocessing.connection.Connection
+    run: tuple[str, str, int] | None = None
+    open: bool = True
+
+
+class _WorkerPool:
+    """Worker processes that train the runs the main process hands them, one at a time.
+
+    Each worker has its own pipe (no lock shared between processes that a killed one could
+    leave held). Workers start with SIGINT ignored: a terminal's Ctrl-C reaches the main
+    process, which stops them all the same way as on SIGTERM.
+    """
+
+    def __init__(self, count: int, config: dict, out: str, resume: bool):
+        context = multiprocessing.get_context("spawn")
+        self.workers: list[_Worker] = []
+        # The disposition is inherited through exec, so a worker ignores SIGINT from its start.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            remaining = set(futures)
-            while remaining:
-                finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    record(futures[future], future.result())
-        except KeyboardInterrupt:
-            # A terminal's Ctrl-C reaches the workers too; a kill of this process alone does not.
-            for child in multiprocessing.active_children():
-                os.kill(child.pid, signal.SIGINT)
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise ExperimentError(
-                "interrupted; rerun the same command with --resume to continue"
-            ) from None
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+            for index in range(count):
+                parent_end, child_end = context.Pipe()
+                process = context.Process(
+                    target=_worker_main,
+                    args=(child_end, os.getpid(), config, out, resume),
+                    name=f"phased-lstm-worker-{index}",
+                )
+                process.start()
+                child_end.close()
+                self.workers.append(_Worker(process, parent_end))
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _receive(self, worker: _Worker):
+        """The worker's next message, or None when its pipe is closed."""
+        try:
+            return worker.conn.recv()
+        except Exception:
+            # Closed, or cut in the middle of a message by the worker's end.
+            worker.open = False
+            return None
+
+    def _send(self, worker: _Worker, message) -> None:
+        with contextlib.suppress(OSError):
+            worker.conn.send(message)
+
+    def _readable(self, timeout: float) -> list[_Worker]:
+        """Workers with a message or a closed pipe, waiting at most ``timeout``."""
+        by_handle = {}
+        for worker in self.workers:
+            if worker.open:
+                by_handle[worker.conn] = worker
+        if not by_handle:
+            return []
+        return [by_handle[handle] for handle in wait_for(list(by_handle), timeout)]
+
+    def run(self, queue: deque, record, report) -> None:
+        """Hand out the runs in ``queue`` until every one is recorded."""
+        while any(worker.open for worker in self.workers):
+            for worker in self._readable(timeout=1.0):
+                message = self._receive(worker)
+                if message is None:
+                    self._check_ended(worker)
+                    continue
+                kind = message[0]
+                if kind in ("ready", "done"):
+                    if kind == "done":
+                        worker.run = None
+                        record(message[1], message[2])
+                    worker.run = queue.popleft() if queue else None
+                    self._send(worker, worker.run)
+                elif kind == "failed":
+                    _, run, text, user_error = message
+                    if user_error:
+                        raise ExperimentError(f"{run_name(*run)}: {text}")
+                    raise RuntimeError(f"{run_name(*run)} failed in a worker process:\n{text}")
+                elif kind == "interrupted":
+                    raise Interrupted(_INTERRUPTED)
+                else:
+                    report(message)
+
+    def _check_ended(self, worker: _Worker) -> None:
+        worker.process.join(timeout=5)
+        if worker.run is not None:
+            code = worker.process.exitcode
+            raise Interrupted(
+                f"the worker process training {run_name(*worker.run)} ended (exit code {code}) "
+                f"before the run did; {_INTERRUPTED}"
+            )
+
+    def stop(self, record=None, grace: float = STOP_GRACE_S) -> None:
+        """Stop every worker that is still alive: SIGTERM, which stops a training at its last
+        finished epoch, then SIGKILL after ``grace`` seconds, or at once on a second signal.
+        Runs that finish meanwhile are still recorded."""
+        alive = [w for w in self.workers if w.process.is_alive()]
+        if alive:
+            hurry = threading.Event()
+            previous = {
+                signum: signal.signal(signum, lambda *_: hurry.set())
+                for signum in (signal.SIGINT, signal.SIGTERM)
+            }
+            try:
+                for worker in alive:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(worker.process.pid, signal.SIGTERM)
+                deadline = time.monotonic() + grace
+                while not hurry.is_set() and time.monotonic() < deadline:
+                    if not any(w.process.is_alive() for w in self.workers):
+                        break
+                    for worker in self._readable(timeout=0.2):
+                        message = self._receive(worker)
+                        if message is not None and message[0] == "done" and record is not None:
+                            with contextlib.suppress(Exception):
+                                record(message[1], message[2])
+                    if not any(w.open for w in self.workers):
+                        time.sleep(0.1)
+                for worker in self.workers:
+                    if worker.process.is_alive():
+                        worker.process.kill()
+            finally:
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
+        for worker in self.workers:
+            worker.process.join(timeout=5)
+            worker.conn.close()
+            worker.open = False
 
 
-# Worker processes turn SIGINT into KeyboardInterrupt only while they train, where Lightning
-# stops gracefully (the last finished epoch's checkpoint stays); an idle worker just remembers
-# it and refuses the runs still queued, so an interruption ends in one message.
-_interrupted = False
-_training = False
+# Worker side: SIGTERM raises KeyboardInterrupt once, where Lightning stops gracefully (the last
+# finished epoch's checkpoint stays); a worker blocked waiting for its next run just ends.
+_stopping = False
 
 
-def _on_worker_sigint(signum, frame) -> None:
-    global _interrupted
-    _interrupted = True
-    if _training:
+def _stop_worker(signum, frame) -> None:
+    global _stopping
+    if not _stopping:
+        _stopping = True
         raise KeyboardInterrupt
 
 
-def _init_worker() -> None:
-    signal.signal(signal.SIGINT, _on_worker_sigint)
-    signal.signal(signal.SIGTERM, _on_worker_sigint)
+def _watch_parent(parent_pid: int) -> None:
+    """Stop this worker when the main process is gone (killed, even by SIGKILL): a worker is
+    never left behind, orphaned."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(STOP_GRACE_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _worker_main(conn, parent_pid: int, config: dict, out: str, resume: bool) -> None:
+    signal.signal(signal.SIGTERM, _stop_worker)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _watch_parent(parent_pid)
+
+    def send(message) -> None:
+        with contextlib.suppress(OSError):
+            conn.send(message)
+
+    run = None
+    try:
+        quiet_lightning()
+        config = ExperimentConfig.from_dict(config)
+        torch.set_num_threads(config.threads)
+        send(("ready",))
+        while (run := conn.recv()) is not None:
+            record = train_run(config, *run, Path(out), resume, report=send)
+            send(("done", run, record))
+            run = None
+    except (KeyboardInterrupt, EOFError):
+        send(("interrupted",))
+    except ExperimentError as error:
+        send(("interrupted",) if _stopping else ("failed", run, str(error), True))
+    except SystemExit as error:
+        if _stopping:
+            send(("interrupted",))
+        else:
+            send(("failed", run, str(error.code), isinstance(error.code, str)))
+    except BaseException:
+        send(("failed", run, traceback.format_exc(), False))
+    finally:
+        conn.close()
+
+
+# Interruptions of the main process -------------------------------------------------------------
 
 
 def _raise_keyboard_interrupt(signum, frame) -> None:
@@ -412,9 +635,9 @@ def _raise_keyboard_interrupt(signum, frame) -> None:
 
 @contextlib.contextmanager
 def sigterm_interrupts():
-    """Within the block, SIGTERM (``kill``, a batch scheduler's time limit) stops a run like
-    Ctrl-C does: at the last finished epoch, ready for ``--resume``. A background job started
-    from a script ignores SIGINT, so SIGTERM is how it is stopped."""
+    """Within the block, SIGTERM (``kill``, ``timeout``, a batch scheduler's time limit) stops a
+    run like Ctrl-C does: at the last finished epoch, ready for ``--resume``. A background job
+    started from a script ignores SIGINT, so SIGTERM is how it is stopped."""
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         yield
@@ -422,21 +645,25 @@ def sigterm_interrupts():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _train_in_worker(config: dict, model: str, condition: str, seed: int, out: str, resume: bool):
-    global _training
-    if _interrupted:
-        raise ExperimentError("interrupted")
-    quiet_lightning()
-    config = ExperimentConfig.from_dict(config)
-    torch.set_num_threads(config.threads)
-    _say(f"[{run_name(model, condition, seed)}] training for {config.epochs} epochs", True)
-    _training = True
-    try:
-        return train_run(config, model, condition, seed, Path(out), resume)
-    finally:
-        _training = False
-
-
 def _say(message: str, writer: bool) -> None:
     if writer:
         print(message, file=sys.stderr, flush=True)
+
+
+__all__ = [
+    "EpochCheckpoint",
+    "ExperimentError",
+    "Interrupted",
+    "build_run",
+    "is_global_zero",
+    "make_trainer",
+    "pending_runs",
+    "prepare_output",
+    "quiet_lightning",
+    "run_experiment",
+    "run_name",
+    "sigterm_interrupts",
+    "train_run",
+    "write_atomic",
+    "write_json",
+]

@@ -11,31 +11,14 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ..functional import time_gate
-from . import fused, triton_backend
+from . import triton_backend
+from .backends import Plan, plan
 
 f64 = torch.float64
-
-
-class _CompiledTimeGate(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, times, period, shift, r_on, leak, valid, dtype):
-        ctx.save_for_backward(times, period, shift, r_on, valid)
-        ctx.leak = leak
-        return torch.ops.phased_lstm.time_gate_forward(
-            times, period, shift, r_on, leak, valid, dtype
-        )
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_k):
-        times, period, shift, r_on, valid = ctx.saved_tensors
-        grads = torch.ops.phased_lstm.time_gate_backward(
-            grad_k.contiguous(), times, period, shift, r_on, ctx.leak, valid
-        )
-        return (None, *grads, None, None, None)
+# The dtypes the kernel writes k in.
+KERNEL_DTYPES = (torch.float32, f64)
 
 
 def sequence_gate(
@@ -47,25 +30,30 @@ def sequence_gate(
     valid: Tensor | None,
     dtype: torch.dtype,
     *,
-    backend: str = "auto",
+    backend: str | Plan = "auto",
 ) -> Tensor:
     """k of shape ``(*times.shape, H)`` in ``dtype``, zero where ``valid`` is False.
 
-    Every backend but ``"reference"`` uses the kernel once it is built (``"auto"`` warns once if
-    it cannot be; an explicit compiled backend raises in the recurrence right after); on a GPU,
-    ``"auto"`` and ``"triton"`` use the Triton kernel. Timestamps that need a gradient take the
-    autograd path, which differentiates with respect to them too.
+    ``backend`` is the :class:`~phased_lstm.ops.backends.Plan` of the layer-direction (the
+    planner's choice, made once for the gate and the recurrence together), or a backend name
+    to plan for. The compiled kernel runs when the plan pairs it with its backend: CPU
+    timestamps that need no gradient (the kernel differentiates with respect to period, shift
+    and r_on only); with the ``"triton"`` backend, the Triton kernel (any of its devices).
     """
-    if triton_backend.gate_usable(times, dtype, backend):
+    if isinstance(backend, str):
+        grad = torch.is_grad_enabled() and any(p.requires_grad for p in (period, shift, r_on))
+        backend = plan(
+            backend,
+            device=times.device,
+            dtype=dtype,
+            needs_grad=grad,
+            times_need_grad=torch.is_grad_enabled() and times.requires_grad,
+        )
+    if backend.kernel_gate and backend.backend.name == "triton":
         return triton_backend.sequence_gate(times, period, shift, r_on, leak, valid, dtype)
-    compiled = (
-        backend != "reference"
-        and times.device.type == "cpu"
-        and not times.requires_grad
-        and fused.kernels_available(warn=backend == "auto")
-    )
-    if compiled:
-        return _CompiledTimeGate.apply(
+    if backend.kernel_gate and times.device.type == "cpu" and dtype in KERNEL_DTYPES:
+        # An op with a fake implementation and a registered backward (ops/library.py).
+        return torch.ops.phased_lstm.time_gate_forward(
             times.to(f64).contiguous(),
             period.to(f64).contiguous(),
             shift.to(f64).contiguous(),
@@ -76,5 +64,5 @@ def sequence_gate(
         )
     k = time_gate(times, period, shift, r_on, leak, dtype=dtype)
     if valid is not None:
-        k = torch.where(valid.unsqueeze(-1), k, torch.zeros((), dtype=dtype))
+        k = torch.where(valid.unsqueeze(-1), k, torch.zeros((), dtype=dtype, device=k.device))
     return k

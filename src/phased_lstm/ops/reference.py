@@ -52,32 +52,15 @@ def reference_recurrence(
 
     See :func:`phased_lstm.ops.recurrence` for the contract.
     """
-    w_hh_t = weight_hh.t()
-    if weight_ch is not None:
-        w_ci, w_cf, w_co = weight_ch.chunk(3)
+    if gates_x.dim() == 2:
+        return _packed(gates_x, k, weight_hh, weight_ch, h0, c0, grad_clip, batch_sizes)
     h, c = h0, c0
     hs = []
     valid_rows = None if batch_sizes is None else valid_rows_of(batch_sizes, gates_x)
     # unbind, not gates_x[step]: the backward of an index writes a full-size gradient per step,
     # which would make the loop quadratic in the sequence length.
     for step, (gates_xt, kt) in enumerate(zip(gates_x.unbind(0), k.unbind(0), strict=True)):
-        gates = gates_xt + h @ w_hh_t
-        if grad_clip != math.inf:
-            # Lasagne's grad_clipping: before the peephole terms are added.
-            gates = _ClipGradient.apply(gates, grad_clip)
-        i, f, g, o = gates.chunk(4, dim=-1)
-        if weight_ch is not None:
-            # Diagonal peepholes: input and forget gates look at the previous cell state.
-            i = i + w_ci * c
-            f = f + w_cf * c
-        c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        if weight_ch is not None:
-            # ...while the output gate looks at the new proposal.
-            o = o + w_co * c_new
-        h_new = torch.sigmoid(o) * torch.tanh(c_new)
-        # Written as in the paper so that k = 0 keeps the state bit for bit and k = 1 is nn.LSTM.
-        c_next = kt * c_new + (1 - kt) * c
-        h_next = kt * h_new + (1 - kt) * h
+        h_next, c_next = _step(gates_xt, kt, weight_hh, weight_ch, h, c, grad_clip)
         if valid_rows is not None:
             c_next = torch.where(valid_rows[step], c_next, c)
             h_next = torch.where(valid_rows[step], h_next, h)
@@ -86,3 +69,40 @@ def reference_recurrence(
     if hs:
         return torch.stack(hs), h, c
     return gates_x.new_empty((0,) + h0.shape), h0, c0
+
+
+def _packed(gates_x, k, weight_hh, weight_ch, h0, c0, grad_clip, batch_sizes):
+    """The packed layout: step t is the next ``batch_sizes[t]`` rows of ``gates_x`` and ``k``,
+    for the samples 0 .. batch_sizes[t] - 1; the others have ended and keep their state."""
+    h, c = h0, c0
+    hs = []
+    sizes = batch_sizes.tolist()
+    for gates_xt, kt, size in zip(gates_x.split(sizes), k.split(sizes), sizes, strict=True):
+        h_next, c_next = _step(gates_xt, kt, weight_hh, weight_ch, h[:size], c[:size], grad_clip)
+        h = torch.cat([h_next, h[size:]])
+        c = torch.cat([c_next, c[size:]])
+        hs.append(h_next)
+    if hs:
+        return torch.cat(hs), h, c
+    return gates_x.new_empty((0, h0.shape[1])), h0, c0
+
+
+def _step(gates_xt, kt, weight_hh, weight_ch, h, c, grad_clip):
+    """One step of the paper's equations for the rows of ``h`` and ``c``."""
+    gates = gates_xt + h @ weight_hh.t()
+    if grad_clip != math.inf:
+        # Lasagne's grad_clipping: before the peephole terms are added.
+        gates = _ClipGradient.apply(gates, grad_clip)
+    i, f, g, o = gates.chunk(4, dim=-1)
+    if weight_ch is not None:
+        # Diagonal peepholes: input and forget gates look at the previous cell state.
+        w_ci, w_cf, w_co = weight_ch.chunk(3)
+        i = i + w_ci * c
+        f = f + w_cf * c
+    c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    if weight_ch is not None:
+        # ...while the output gate looks at the new proposal.
+        o = o + w_co * c_new
+    h_new = torch.sigmoid(o) * torch.tanh(c_new)
+    # Written as in the paper so that k = 0 keeps the state bit for bit and k = 1 is nn.LSTM.
+    return kt * h_new + (1 - kt) * h, kt * c_new + (1 - kt) * c

@@ -1,13 +1,14 @@
-"""The ``"triton"`` backend's entry points: when it can run, why not, and its lazy loading.
+"""The ``"triton"`` backend's entry points: what it runs, why it cannot, and its lazy loading.
 
 Triton is optional (``pip install 'phased-lstm[gpu]'``) and imported on the first call that needs
-it, never by ``import phased_lstm``. The kernels (:mod:`.triton_rnn`, :mod:`.triton_gate`)
-are loaded together on first use, and Triton fixes at that moment, once per process, whether they
-are compiled for the GPU or run by its CPU interpreter (environment variable
-``TRITON_INTERPRET=1``: slow, for testing without a GPU).
+it, never by ``import phased_lstm``. The kernels (:mod:`.triton_rnn`, :mod:`.triton_gate`) are
+loaded together on first use, and Triton fixes at that moment, once per process, whether they are
+compiled for the GPU or run by its CPU interpreter (environment variable ``TRITON_INTERPRET=1``,
+which must be set before Triton is first imported: slow, for testing without a GPU).
 
-``backend="auto"`` takes this backend for CUDA tensors (compute capability 8.0 or newer) when
-Triton imports; an explicit ``backend="triton"`` that cannot run raises and says how to fix it.
+The backend is registered in :mod:`phased_lstm.ops` with :data:`DEVICES`, :data:`DTYPES`,
+:func:`unavailable` and :data:`FIX`; ``backend="auto"`` takes it for CUDA tensors when Triton
+imports and the GPU has compute capability 8.0 or newer.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from torch import Tensor
 
 from .reference import reference_recurrence
 
-_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-_FIX_INSTALL = "install Triton (`pip install 'phased-lstm[gpu]'` or `pip install triton`)"
-_FIX_CPU = (
-    "on the CPU use backend='fused' or 'auto'; to run the Triton kernels on the CPU in Triton's "
-    "interpreter (slow, for testing), set the environment variable TRITON_INTERPRET=1 in a new "
-    "process before its first use of the backend"
+DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+FIX = (
+    "install Triton (`pip install 'phased-lstm[gpu]'` or `pip install triton`) and pass CUDA "
+    "tensors; on the CPU use backend='fused' or 'auto', or, to run the Triton kernels in "
+    "Triton's interpreter (slow, for testing), set the environment variable TRITON_INTERPRET=1 "
+    "in a new process before it first imports Triton"
 )
 
 _lock = threading.Lock()
@@ -69,7 +70,7 @@ def _kernels():
     if error is not None:
         raise RuntimeError(
             f"backend='triton' needs Triton, which could not be imported ({error}); to fix it, "
-            f"{_FIX_INSTALL}, or use another backend"
+            f"{FIX}"
         )
     gate = importlib.import_module(f"{__package__}.triton_gate")
     return importlib.import_module(f"{__package__}.triton_rnn"), gate
@@ -83,7 +84,7 @@ def unsupported(gates_x, k, weight_hh, weight_ch, h0, c0) -> str | None:
         if tensor.device != device:
             devices = sorted({str(t.device) for t in tensors})
             return f"its inputs must be on one device, got {', '.join(devices)}"
-        if tensor.dtype != gates_x.dtype or gates_x.dtype not in _DTYPES:
+        if tensor.dtype != gates_x.dtype or gates_x.dtype not in DTYPES:
             dtypes = sorted({str(t.dtype) for t in tensors})
             return (
                 "it takes float32, float64, bfloat16 or float16 inputs of one dtype, got "
@@ -92,24 +93,28 @@ def unsupported(gates_x, k, weight_hh, weight_ch, h0, c0) -> str | None:
     if device.type == "cuda" or (device.type == "cpu" and interpreted()):
         return None
     if device.type == "cpu":
-        return f"it runs on CUDA tensors, got CPU tensors; {_FIX_CPU}"
+        return f"it runs on CUDA tensors, got CPU tensors; {FIX}"
     return f"it runs on CUDA tensors, got a tensor on {device}"
 
 
-def _fast_gpu(device: torch.device) -> bool:
-    """A CUDA (not ROCm) device that Triton compiles every kernel of this backend for."""
-    return (
-        device.type == "cuda"
-        and torch.version.hip is None
-        and torch.cuda.get_device_capability(device) >= (8, 0)
-        and import_error() is None
-        and not interpreted()
-    )
+def unavailable() -> str | None:
+    """``None`` when the backend can run in this process, else why not: Triton must import, and
+    (unless interpreted) the GPU must be an NVIDIA one of compute capability 8.0 or newer."""
+    error = import_error()
+    if error is not None:
+        return f"Triton could not be imported ({error})"
+    if interpreted() or not torch.cuda.is_available():
+        return None
+    if torch.version.hip is not None:
+        return "its kernels are written and checked for NVIDIA GPUs, this is a ROCm build"
+    major, minor = torch.cuda.get_device_capability()
+    if (major, minor) < (8, 0):
+        return f"it needs compute capability 8.0 or newer, this GPU has {major}.{minor}"
+    return None
 
 
-def auto_usable(tensors: tuple[Tensor | None, ...]) -> bool:
-    """Whether ``backend="auto"`` takes this backend for these inputs of :func:`recurrence`."""
-    return _fast_gpu(tensors[0].device) and unsupported(*tensors) is None
+# Where it runs: CUDA tensors; CPU tensors too in a process that interprets the kernels.
+DEVICES = ("cuda", "cpu") if interpreted() else ("cuda",)
 
 
 def triton_recurrence(
@@ -132,21 +137,18 @@ def triton_recurrence(
     return kernels.recurrence(*tensors, grad_clip, batch_sizes)
 
 
-def gate_usable(times: Tensor, dtype: torch.dtype, backend: str) -> bool:
-    """Whether :func:`phased_lstm.ops.gate.sequence_gate` takes the Triton kernel: for the
-    backends that run the recurrence on it, timestamps that need no gradient, on a GPU (or the
-    CPU under the interpreter when ``"triton"`` is asked for)."""
-    if backend not in ("auto", "triton") or times.requires_grad or dtype not in _DTYPES:
-        return False
-    if times.device.type == "cuda":
-        return _fast_gpu(times.device) or (backend == "triton" and import_error() is None)
-    return backend == "triton" and times.device.type == "cpu" and interpreted()
-
-
 def sequence_gate(times, period, shift, r_on, leak, valid, dtype) -> Tensor:
     """The Triton time gate; see :func:`phased_lstm.ops.gate.sequence_gate`."""
     _, gate = _kernels()
     return gate.sequence_gate(times, period, shift, r_on, leak, valid, dtype)
 
 
-__all__ = ["auto_usable", "gate_usable", "interpreted", "triton_recurrence", "unsupported"]
+__all__ = [
+    "DEVICES",
+    "DTYPES",
+    "FIX",
+    "interpreted",
+    "triton_recurrence",
+    "unavailable",
+    "unsupported",
+]

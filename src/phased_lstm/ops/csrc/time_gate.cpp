@@ -5,7 +5,8 @@
 // double, with the same floor-mod as torch.remainder, and the backward reduces straight into
 // the (H,) gradients of period, shift and r_on.
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
+#include <torch/library.h>
 
 #include <ATen/Parallel.h>
 
@@ -13,23 +14,12 @@
 #include <tuple>
 #include <vector>
 
+#include "gate_math.h"
+
 namespace {
 
-// Phase in [0, 1): the floor-mod of torch.remainder. fmod is a slow iterative libm call, so
-// the quotient comes from a multiplication and the remainder from one fused multiply-add
-// (a single rounding even for x ~ 1e6 and tau ~ 1), corrected into [0, tau).
-inline double gate_phase(double x, double tau, double inv_tau) {
-  const double q = std::floor(x * inv_tau);
-  double m = std::fma(-q, tau, x);
-  if (m < 0.0) {
-    m += tau;
-  } else if (m >= tau) {
-    m -= tau;
-  }
-  const double phase = m * inv_tau;
-  // Rounding can give 1 for a remainder just under tau: that phase is 1 - eps, i.e. 0.
-  return phase >= 1.0 ? phase - 1.0 : phase;
-}
+using phased_lstm::gate_phase;
+using phased_lstm::gate_value;
 
 std::vector<double> inverse(const double* values, int64_t n) {
   std::vector<double> out(static_cast<size_t>(n));
@@ -52,16 +42,7 @@ void forward_kernel(const double* times, const double* period, const double* shi
       const double t = times[row];
       for (int64_t h = 0; h < hidden; ++h) {
         const double phase = gate_phase(t - shift[h], period[h], inv_period[h]);
-        const double r = r_on[h];
-        double value;
-        if (phase < r / 2) {
-          value = 2 * phase / r;
-        } else if (phase < r) {
-          value = 2 - 2 * phase / r;
-        } else {
-          value = leak * phase;
-        }
-        out[h] = static_cast<scalar_t>(value);
+        out[h] = static_cast<scalar_t>(gate_value(phase, r_on[h], leak));
       }
     }
   });
@@ -119,18 +100,18 @@ void backward_kernel(const scalar_t* grad_k, const double* times, const double* 
   }
 }
 
-void check_gate_args(const torch::Tensor& times, const torch::Tensor& period,
-                     const torch::Tensor& shift, const torch::Tensor& r_on,
-                     const c10::optional<torch::Tensor>& valid) {
-  TORCH_CHECK(times.scalar_type() == torch::kFloat64 && times.is_contiguous(),
+void check_gate_args(const at::Tensor& times, const at::Tensor& period,
+                     const at::Tensor& shift, const at::Tensor& r_on,
+                     const c10::optional<at::Tensor>& valid) {
+  TORCH_CHECK(times.scalar_type() == at::kDouble && times.is_contiguous(),
               "time_gate kernel: times must be contiguous float64");
   for (const auto* p : {&period, &shift, &r_on}) {
-    TORCH_CHECK(p->scalar_type() == torch::kFloat64 && p->is_contiguous() && p->dim() == 1,
+    TORCH_CHECK(p->scalar_type() == at::kDouble && p->is_contiguous() && p->dim() == 1,
                 "time_gate kernel: gate parameters must be contiguous float64 (H,)");
     TORCH_CHECK(p->size(0) == period.size(0), "time_gate kernel: parameter sizes differ");
   }
   if (valid.has_value()) {
-    TORCH_CHECK(valid->scalar_type() == torch::kBool && valid->is_contiguous() &&
+    TORCH_CHECK(valid->scalar_type() == at::kBool && valid->is_contiguous() &&
                     valid->numel() == times.numel(),
                 "time_gate kernel: valid must be a contiguous bool tensor shaped like times");
   }
@@ -138,17 +119,17 @@ void check_gate_args(const torch::Tensor& times, const torch::Tensor& period,
 
 }  // namespace
 
-torch::Tensor time_gate_forward(const torch::Tensor& times, const torch::Tensor& period,
-                                const torch::Tensor& shift, const torch::Tensor& r_on,
-                                double leak, const c10::optional<torch::Tensor>& valid,
+at::Tensor time_gate_forward(const at::Tensor& times, const at::Tensor& period,
+                                const at::Tensor& shift, const at::Tensor& r_on,
+                                double leak, const c10::optional<at::Tensor>& valid,
                                 c10::ScalarType dtype) {
   check_gate_args(times, period, shift, r_on, valid);
   const int64_t hidden = period.size(0);
   auto sizes = times.sizes().vec();
   sizes.push_back(hidden);
-  auto k = torch::empty(sizes, times.options().dtype(dtype));
+  auto k = at::empty(sizes, times.options().dtype(dtype));
   const bool* valid_ptr = valid.has_value() ? valid->data_ptr<bool>() : nullptr;
-  AT_DISPATCH_FLOATING_TYPES(dtype, "time_gate_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "time_gate_forward", [&] {
     forward_kernel<scalar_t>(times.data_ptr<double>(), period.data_ptr<double>(),
                              shift.data_ptr<double>(), r_on.data_ptr<double>(), leak, valid_ptr,
                              k.data_ptr<scalar_t>(), times.numel(), hidden);
@@ -156,19 +137,20 @@ torch::Tensor time_gate_forward(const torch::Tensor& times, const torch::Tensor&
   return k;
 }
 
-std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> time_gate_backward(
-    const torch::Tensor& grad_k, const torch::Tensor& times, const torch::Tensor& period,
-    const torch::Tensor& shift, const torch::Tensor& r_on, double leak,
-    const c10::optional<torch::Tensor>& valid) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> time_gate_backward(
+    const at::Tensor& grad_k, const at::Tensor& times, const at::Tensor& period,
+    const at::Tensor& shift, const at::Tensor& r_on, double leak,
+    const c10::optional<at::Tensor>& valid) {
   check_gate_args(times, period, shift, r_on, valid);
   const int64_t hidden = period.size(0);
   TORCH_CHECK(grad_k.is_contiguous() && grad_k.numel() == times.numel() * hidden,
               "time_gate kernel: grad_k must be contiguous (*, H)");
-  auto grad_period = torch::zeros_like(period);
-  auto grad_shift = torch::zeros_like(shift);
-  auto grad_r_on = torch::zeros_like(r_on);
+  auto grad_period = at::zeros_like(period);
+  auto grad_shift = at::zeros_like(shift);
+  auto grad_r_on = at::zeros_like(r_on);
   const bool* valid_ptr = valid.has_value() ? valid->data_ptr<bool>() : nullptr;
-  AT_DISPATCH_FLOATING_TYPES(grad_k.scalar_type(), "time_gate_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_k.scalar_type(),
+                                  "time_gate_backward", [&] {
     backward_kernel<scalar_t>(grad_k.data_ptr<scalar_t>(), times.data_ptr<double>(),
                               period.data_ptr<double>(), shift.data_ptr<double>(),
                               r_on.data_ptr<double>(), leak, valid_ptr, times.numel(), hidden,

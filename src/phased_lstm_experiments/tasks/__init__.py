@@ -1,0 +1,33 @@
+"""The registry of experiments: one module per experiment, one :class:`Task` instance each.
+
+``TASKS`` maps the name given to ``phased-lstm reproduce NAME`` to its task, in the order of the
+CLI's help. To add an experiment, write ``tasks/NAME.py`` with a ``Task`` subclass and its
+instance ``TASK`` (see :mod:`.base` for the interface), then list the module below.
+"""
+
+from __future__ import annotations
+
+from . import adding, freq, freq2
+from .base import FigureSpec, Run, SyntheticTask, Task, TaskOption, collate_trimmed
+
+TASKS: dict[str, Task] = {module.TASK.name: module.TASK for module in (freq, freq2, adding)}
+
+
+def get_task(name: str) -> Task:
+    """The task called ``name``; a ValueError lists the valid names."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"experiment must be one of {', '.join(TASKS)}, got {name!r}") from None
+
+
+__all__ = [
+    "TASKS",
+    "FigureSpec",
+    "Run",
+    "SyntheticTask",
+    "Task",
+    "TaskOption",
+    "collate_trimmed",
+    "get_task",
+]
