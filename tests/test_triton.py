@@ -15,6 +15,7 @@ import sys
 
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence
 
 from phased_lstm import PhasedLSTM
 from phased_lstm.functional import time_gate
@@ -149,6 +150,33 @@ def test_op_matches_reference(case, dtype, device):
     for name in want:
         assert got[name].dtype == dtype, name
         assert_near(got[name], want[name], TOL[dtype], name)
+
+
+@on_device
+@pytest.mark.parametrize("dtype", [f32, f64], ids=["f32", "f64"])
+def test_packed_layout_matches_the_reference(dtype, device):
+    # A PackedSequence's data: every output and gradient against the reference in the packed
+    # layout, and the outputs against the padded reference too.
+    lengths = torch.tensor([5, 4, 4, 2])
+    padded = op_inputs(5, 4, 6, dtype, device, peepholes=True)
+    batch_sizes = pack_padded_sequence(padded["k"], lengths).batch_sizes
+
+    def packed_inputs():
+        inputs = {n: None if t is None else t.detach() for n, t in padded.items()}
+        for name in ("gates_x", "k"):
+            inputs[name] = pack_padded_sequence(inputs[name], lengths).data
+        return {n: None if t is None else t.requires_grad_() for n, t in inputs.items()}
+
+    options = {"grad_clip": 0.1, "batch_sizes": batch_sizes}
+    want = run_op("reference", packed_inputs(), **options)
+    got = run_op("triton", packed_inputs(), **options)
+    for name in want:
+        assert_near(got[name], want[name], TOL[dtype], name)
+    with torch.no_grad():
+        h, h_n, c_n = reference_recurrence(*padded.values(), batch_sizes=batch_sizes)
+    assert_near(got["h"], pack_padded_sequence(h, lengths).data, TOL[dtype], "padded h")
+    assert_near(got["h_n"], h_n, TOL[dtype], "padded h_n")
+    assert_near(got["c_n"], c_n, TOL[dtype], "padded c_n")
 
 
 def _plans(kernels):

@@ -81,6 +81,7 @@ register_backend(
         devices=triton_backend.DEVICES,
         dtypes=triton_backend.DTYPES,
         gradients=True,
+        packed=True,
         kernel_gate=True,  # its time gate is the Triton kernel (see ops/gate.py)
         # Above the reference, below the CPU kernels: on a GPU it competes with the reference
         # only; on the CPU (under the interpreter) "auto" keeps "fused" and "sparse".

@@ -122,8 +122,8 @@ def triton_recurrence(
 ):
     """Backend ``"triton"``; see :func:`phased_lstm.ops.recurrence` for the contract.
 
-    First-order gradients only (like ``"fused"``): use ``backend="reference"`` for double
-    backward.
+    Both layouts; the packed one runs padded (see :func:`_packed`). First-order gradients only
+    (like ``"fused"``): use ``backend="reference"`` for double backward.
     """
     tensors = (gates_x, k, weight_hh, weight_ch, h0, c0)
     if import_error() is None:
@@ -132,9 +132,32 @@ def triton_recurrence(
             raise RuntimeError(f"backend='triton' cannot run these inputs: {reason}")
     kernels, _ = _kernels()
     if gates_x.shape[0] == 0 or gates_x.shape[1] == 0:
-        return reference_recurrence(*tensors)
+        return reference_recurrence(*tensors, grad_clip, batch_sizes)
+    if gates_x.dim() == 2:
+        return _packed(tensors, grad_clip, batch_sizes)
     tensors = tuple(None if t is None else t.contiguous() for t in tensors)
     return kernels.recurrence(*tensors, grad_clip, batch_sizes)
+
+
+def _packed(tensors, grad_clip, batch_sizes: Tensor):
+    """The packed layout through the padded kernels: the kernels address step ``t`` as rows
+    ``t * N + n``, so the packed rows are scattered there (the padding gets ``k = 0``, and
+    ``batch_sizes`` holds its state anyway) and gathered back. Both moves are differentiable,
+    and small beside the recurrence (one pass over ``gates_x``, ``k`` and ``h``)."""
+    gates_x, k, weight_hh, weight_ch, h0, c0 = tensors
+    length, batch = batch_sizes.shape[0], h0.shape[0]
+    steps = torch.arange(length).repeat_interleave(batch_sizes)
+    firsts = (torch.cumsum(batch_sizes, 0) - batch_sizes).repeat_interleave(batch_sizes)
+    rows = (steps * batch + torch.arange(steps.shape[0]) - firsts).to(gates_x.device)
+
+    def padded(packed: Tensor) -> Tensor:
+        grid = packed.new_zeros(length * batch, packed.shape[1])
+        return grid.index_copy(0, rows, packed).view(length, batch, -1)
+
+    h, h_n, c_n = triton_recurrence(
+        padded(gates_x), padded(k), weight_hh, weight_ch, h0, c0, grad_clip, batch_sizes
+    )
+    return h.reshape(length * batch, -1).index_select(0, rows), h_n, c_n
 
 
 def sequence_gate(times, period, shift, r_on, leak, valid, dtype) -> Tensor:
