@@ -281,6 +281,31 @@ def test_layer_trains_and_evaluates_like_the_reference(device):
         assert_near(results["triton"][name], want, TOL[f64], name)
 
 
+@on_device
+def test_layer_on_a_packed_sequence_like_the_reference(device):
+    # An unsorted PackedSequence goes to the backend in the packed layout, both directions.
+    torch.manual_seed(1)
+    layers = {
+        backend: PhasedLSTM(2, 5, bidirectional=True, peepholes=True, grad_clip=1.0,
+                            backend=backend).to(device, f64)
+        for backend in ("reference", "triton")
+    }  # fmt: skip
+    layers["triton"].load_state_dict(layers["reference"].state_dict())
+    x = torch.randn(6, 3, 2, dtype=f64, device=device)
+    times = torch.rand(6, 3, dtype=f64, device=device).mul(3).cumsum(0)
+    lengths = torch.tensor([3, 6, 2])
+    results = {}
+    for backend, layer in layers.items():
+        packed_x = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        packed_t = pack_padded_sequence(times, lengths, enforce_sorted=False)
+        out, (h_n, c_n) = layer(packed_x, packed_t)
+        (out.data.sum() + h_n.square().sum() + c_n.sum()).backward()
+        grads = {n: p.grad for n, p in layer.named_parameters()}
+        results[backend] = {"out": out.data, "h_n": h_n, "c_n": c_n} | grads
+    for name, want in results["reference"].items():
+        assert_near(results["triton"][name], want, TOL[f64], name)
+
+
 # ----------------------------------------------------------------------------- the gate
 @on_device
 @pytest.mark.parametrize("dtype", [f32, f64, bf16], ids=["f32", "f64", "bf16"])
