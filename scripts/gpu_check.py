@@ -1,8 +1,15 @@
-"""The Python half of scripts/gpu_check.sh: ``sweep`` times the Triton backend's ways of running
-the recurrence on a GPU, ``summary`` condenses the logs of a check into a short table.
+"""The Python half of scripts/gpu_check.sh: ``parity`` checks the Triton backend against the
+reference without pytest, ``sweep`` times its ways of running the recurrence on a GPU, ``summary``
+condenses the logs of a check into a short table.
 
+    PYTHONPATH=src python scripts/gpu_check.py parity [--device cuda]
     PYTHONPATH=src python scripts/gpu_check.py sweep
     PYTHONPATH=src python scripts/gpu_check.py summary OUT_DIR
+
+``parity`` is for a machine without pytest (tests/test_triton.py is the full check): outputs,
+final states and every input gradient of the op against the float64 reference loop, with
+grad_clip, batch_sizes, the packed layout, float32, float64 and bfloat16, and the layer end to
+end. ``--device cpu`` runs it in Triton's interpreter (set TRITON_INTERPRET=1) on small shapes.
 
 The sweep times the op itself (``phased_lstm.ops.triton_rnn.recurrence``: no input projection,
 no time gate) at the benchmark's shapes for each plan: a training step (forward and backward of
@@ -180,13 +187,13 @@ def sweep() -> int:
                   f"{type(exc).__name__}: {str(exc)[:200]}", flush=True)  # fmt: skip
         torch.set_float32_matmul_precision("highest")
 
-    # The defaults first, then the time gate and the skipping of closed neurons, then other
-    # tiles at the paper's shape: a time-out cuts the least important.
+    # The skipping of closed neurons and the time gate first, then the default plans and the
+    # other mode, then other tiles at the paper's shape: a time-out cuts the least important.
     first, second = sweep_plans(rnn)
+    _skip_closed(rnn)
+    _time_gate()
     for case in first:
         measure(*case)
-    _time_gate()
-    _skip_closed(rnn)
     for case in second:
         measure(*case)
     return 0
@@ -236,6 +243,136 @@ def _time_gate() -> None:
     )
 
 
+# -------------------------------------------------------------------------------- parity
+# name: (length, batch, hidden, dtype, peepholes, grad_clip, lengths or None, packed); the
+# large shapes (many programs and blocks, the stepwise mode at H 300) on a GPU only.
+_PARITY_CASES = {
+    "T5 B3 H12 f32": (5, 3, 12, torch.float32, False, None, None, False),
+    "T5 B3 H12 f64 peep clip lengths": (5, 3, 12, torch.float64, True, 0.05, [5, 3, 1], False),
+    "T5 B3 H12 f32 peep clip lengths": (5, 3, 12, torch.float32, True, 0.05, [5, 3, 1], False),
+    "T5 B3 H12 f32 packed": (5, 3, 12, torch.float32, True, 0.1, [5, 4, 2], True),
+    "T5 B3 H12 bf16 peep clip lengths": (5, 3, 12, torch.bfloat16, True, 0.5, [5, 4, 2], False),
+    "T64 B37 H110 f32 peep clip lengths": (64, 37, 110, torch.float32, True, 1.0, "sorted", False),
+    "T64 B37 H300 f32 peep clip lengths": (64, 37, 300, torch.float32, True, 1.0, "sorted", False),
+    "T64 B37 H110 bf16 peep": (64, 37, 110, torch.bfloat16, True, None, None, False),
+}
+# Largest difference relative to the largest value, against the float64 reference on the same
+# (rounded) inputs: float32 over 64 steps, bfloat16 operands in the recurrent products.
+_PARITY_TOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 3e-2}
+
+
+def _parity_case(device, length, batch, hidden, dtype, peepholes, clip, lengths, packed):
+    """The largest relative difference, over outputs and input gradients, of "triton" against
+    the float64 reference, and the name of the tensor where it is."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    from phased_lstm.ops import recurrence
+
+    gen = torch.Generator().manual_seed(0)
+
+    def randn(*shape, scale=1.0):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64) * scale
+
+    values = {
+        "gates_x": randn(length, batch, 4 * hidden),
+        "k": torch.rand(length, batch, hidden, generator=gen, dtype=torch.float64),
+        "weight_hh": randn(4 * hidden, hidden, scale=hidden**-0.5),
+        "weight_ch": randn(3 * hidden, scale=0.5) if peepholes else None,
+        "h0": randn(batch, hidden, scale=0.5),
+        "c0": randn(batch, hidden),
+    }
+    if lengths == "sorted":
+        lengths = torch.linspace(length, 1, batch).round().long().tolist()
+    batch_sizes = None
+    if lengths is not None:
+        lengths = torch.tensor(lengths)
+        batch_sizes = (torch.arange(length).unsqueeze(1) < lengths).sum(1)
+        if packed:
+            for name in ("gates_x", "k"):
+                values[name] = pack_padded_sequence(values[name], lengths).data
+    # Rounded to the dtype first, so that both sides start from the same numbers.
+    values = {n: None if v is None else v.to(dtype).to(torch.float64) for n, v in values.items()}
+    weights = None
+    results = {}
+    for side, side_dtype in (("triton", dtype), ("reference", torch.float64)):
+        inputs = {
+            n: None if v is None else v.to(device, side_dtype).requires_grad_()
+            for n, v in values.items()
+        }
+        h, h_n, c_n = recurrence(
+            *inputs.values(), grad_clip=clip, batch_sizes=batch_sizes, backend=side
+        )
+        if weights is None:
+            weights = [
+                torch.randn(t.shape, generator=gen, dtype=torch.float64) for t in (h, h_n, c_n)
+            ]
+        outputs = zip((h, h_n, c_n), weights, strict=True)
+        loss = sum((t.double() * w.to(device)).sum() for t, w in outputs)
+        names = [n for n, t in inputs.items() if t is not None]
+        grads = torch.autograd.grad(loss, [inputs[n] for n in names])
+        results[side] = {"h": h, "h_n": h_n, "c_n": c_n} | dict(zip(names, grads, strict=True))
+    worst = (0.0, "")
+    for name, want in results["reference"].items():
+        got = results["triton"][name]
+        if got.dtype != dtype:
+            return float("inf"), f"{name} came in {got.dtype}, not {dtype}"
+        worst = max(worst, (_relative(got, want.detach()), name))
+    return worst
+
+
+def _parity_layer(device) -> float:
+    """The layer end to end, float64, bidirectional, unsorted lengths: train step then eval."""
+    from phased_lstm import PhasedLSTM
+
+    torch.manual_seed(0)
+    layers = {
+        backend: PhasedLSTM(2, 6, bidirectional=True, peepholes=True, grad_clip=1.0,
+                            backend=backend).to(device, torch.float64)
+        for backend in ("reference", "triton")
+    }  # fmt: skip
+    layers["triton"].load_state_dict(layers["reference"].state_dict())
+    x = torch.randn(7, 3, 2, dtype=torch.float64, device=device)
+    times = torch.rand(7, 3, dtype=torch.float64, device=device).mul(3).cumsum(0)
+    lengths = torch.tensor([4, 7, 2])
+    results = {}
+    for backend, layer in layers.items():
+        out, (h_n, c_n) = layer(x, times, lengths=lengths)
+        (out.sum() + h_n.square().sum() + c_n.sum()).backward()
+        with torch.no_grad():
+            evaluated = layer.eval()(x, times, lengths=lengths)[0]
+        grads = {n: p.grad for n, p in layer.named_parameters()}
+        results[backend] = {"out": out, "h_n": h_n, "c_n": c_n, "eval": evaluated} | grads
+    return max(
+        _relative(results["triton"][n], want.detach()) for n, want in results["reference"].items()
+    )
+
+
+def parity(device: str) -> int:
+    """Print one line per case, PASS or FAIL; the exit status is the number of failures."""
+    small = device != "cuda"
+    failed = 0
+    for name, case in _PARITY_CASES.items():
+        if small and case[0] > 8:
+            continue
+        try:
+            err, where = _parity_case(device, *case)
+            ok = err <= _PARITY_TOL[case[3]]
+            line = f"err {err:.1e} (worst: {where}, tolerance {_PARITY_TOL[case[3]]:.0e})"
+        except Exception as exc:  # reported as a failure, the other cases still run
+            ok, line = False, f"{type(exc).__name__}: {str(exc)[:300]}"
+        failed += not ok
+        print(f"{'PASS' if ok else 'FAIL'} op {name}: {line}", flush=True)
+    try:
+        err = _parity_layer(device)
+        ok, line = err <= 1e-10, f"err {err:.1e} (tolerance 1e-10)"
+    except Exception as exc:
+        ok, line = False, f"{type(exc).__name__}: {str(exc)[:300]}"
+    failed += not ok
+    print(f"{'PASS' if ok else 'FAIL'} layer f64 bidirectional lengths train+eval: {line}")
+    print(f"parity on {device}: {failed} failed" if failed else f"parity on {device}: all passed")
+    return min(failed, 1)
+
+
 # ------------------------------------------------------------------------------- summary
 def _last_line(path: Path, pattern: str) -> str:
     if not path.exists():
@@ -262,37 +399,47 @@ def _bench_rows(path: Path) -> list[str]:
     return [f"  {line[:150]}" for line in header] + (rows or ["  " + _last_line(path, "")])
 
 
+def _failures(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    lines = path.read_text(errors="replace").splitlines()
+    return [line for line in lines if line.startswith(("FAILED", "ERROR", "FAIL "))]
+
+
 def summary(out: str) -> int:
     out_dir = Path(out)
     print("=" * 30 + " GPU check summary " + "=" * 30)
     env = out_dir / "env.txt"
     for line in env.read_text(errors="replace").splitlines() if env.exists() else ["(no env)"]:
         print("env: " + line[:150])
-    print("(a) tests/test_triton.py on CUDA: " + _last_line(
-        out_dir / "test_triton.log", r"passed|failed|error|no tests"))  # fmt: skip
-    failed = []
-    if (out_dir / "test_triton.log").exists():
-        failed = [line for line in (out_dir / "test_triton.log").read_text().splitlines()
-                  if line.startswith(("FAILED", "ERROR"))]  # fmt: skip
-    for line in failed[:8]:
+    tests = r"passed|failed|error|no tests|parity on|skipped:|exit"
+    print("(a) tests/test_triton.py on CUDA:  " + _last_line(out_dir / "tests_triton.log", tests))
+    for line in _failures(out_dir / "tests_triton.log")[:8]:
         print("    " + line[:150])
-    print("(b) other tests -k cuda:          " + _last_line(
-        out_dir / "tests_cuda.log", r"passed|failed|error|no tests|deselected"))  # fmt: skip
-    print("    C++ CPU build: " + _last_line(out_dir / "cpp_build.log", ""))
-    print("(c) sweep of plans (op only):")
-    sweep_log = out_dir / "sweep.txt"
-    if sweep_log.exists():
-        for line in sweep_log.read_text(errors="replace").splitlines()[1:]:
-            if "|" in line or line.startswith(("skip", "time gate")) or "Error" in line:
-                print("  " + line[:170])
-    print("(d) bench --device cuda (fwd+bwd for train, fwd for eval; ratio = PhasedLSTM/cuDNN):")
+    print("(a) other tests, CUDA cases:      " + _last_line(out_dir / "tests_cuda.log", tests))
+    for line in _failures(out_dir / "tests_cuda.log")[:8]:
+        print("    " + line[:150])
+    print("    C++ CPU build: " + _last_line(out_dir / "cpp_build.log", r"built|error|exit [^0]"))
+    print("(b) bench --device cuda (fwd+bwd for train, fwd for eval; ratio = PhasedLSTM/cuDNN):")
     print("\n".join(_bench_rows(out_dir / "bench.txt")))
     print("    with --tf32:")
     print("\n".join(_bench_rows(out_dir / "bench_tf32.txt")))
+    print("    other configs:")
+    print("\n".join(_bench_rows(out_dir / "bench_more.txt")))
+    print("(c) sweep (op only): skipping closed neurons, time gate, plans:")
+    sweep_log = out_dir / "sweep.txt"
+    if sweep_log.exists():
+        for line in sweep_log.read_text(errors="replace").splitlines()[1:]:
+            if "|" in line or line.startswith(("skip", "time gate", "exit")) or "Error" in line:
+                print("  " + line[:170])
+    else:
+        print("  (no log)")
     return 0
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["parity"] and argv[1:] in ([], ["--device", "cuda"], ["--device", "cpu"]):
+        return parity(argv[2] if len(argv) == 3 else "cuda")
     if argv[:1] == ["sweep"]:
         return sweep()
     if argv[:1] == ["summary"] and len(argv) == 2:
