@@ -254,17 +254,24 @@ def test_empty_sequence_and_first_order_only(device):
 
 
 # ---------------------------------------------------------------------------- the layer
-@on_device
-def test_layer_trains_and_evaluates_like_the_reference(device):
-    # Unsorted lengths (the layer sorts and passes batch_sizes), bidirectional, the time gate
-    # on the Triton kernel (its gradients reach period and shift), then eval mode.
-    torch.manual_seed(0)
+def twin_layers(hidden, device, seed):
+    """A float64 bidirectional layer with peepholes and grad_clip on "reference" and the same
+    weights on "triton"."""
+    torch.manual_seed(seed)
     layers = {
-        backend: PhasedLSTM(2, 6, bidirectional=True, peepholes=True, grad_clip=1.0,
+        backend: PhasedLSTM(2, hidden, bidirectional=True, peepholes=True, grad_clip=1.0,
                             backend=backend).to(device, f64)
         for backend in ("reference", "triton")
     }  # fmt: skip
     layers["triton"].load_state_dict(layers["reference"].state_dict())
+    return layers
+
+
+@on_device
+def test_layer_trains_and_evaluates_like_the_reference(device):
+    # Unsorted lengths (the layer sorts and passes batch_sizes), bidirectional, the time gate
+    # on the Triton kernel (its gradients reach period and shift), then eval mode.
+    layers = twin_layers(6, device, seed=0)
     x = torch.randn(5, 3, 2, dtype=f64, device=device)
     times = torch.rand(5, 3, dtype=f64, device=device).mul(3).cumsum(0)
     lengths = torch.tensor([3, 5, 2])
@@ -284,13 +291,7 @@ def test_layer_trains_and_evaluates_like_the_reference(device):
 @on_device
 def test_layer_on_a_packed_sequence_like_the_reference(device):
     # An unsorted PackedSequence goes to the backend in the packed layout, both directions.
-    torch.manual_seed(1)
-    layers = {
-        backend: PhasedLSTM(2, 5, bidirectional=True, peepholes=True, grad_clip=1.0,
-                            backend=backend).to(device, f64)
-        for backend in ("reference", "triton")
-    }  # fmt: skip
-    layers["triton"].load_state_dict(layers["reference"].state_dict())
+    layers = twin_layers(5, device, seed=1)
     x = torch.randn(6, 3, 2, dtype=f64, device=device)
     times = torch.rand(6, 3, dtype=f64, device=device).mul(3).cumsum(0)
     lengths = torch.tensor([3, 6, 2])
