@@ -412,13 +412,14 @@ def summary(out: str) -> int:
     env = out_dir / "env.txt"
     for line in env.read_text(errors="replace").splitlines() if env.exists() else ["(no env)"]:
         print("env: " + line[:150])
-    tests = r"passed|failed|error|no tests|parity on|skipped:|exit"
-    print("(a) tests/test_triton.py on CUDA:  " + _last_line(out_dir / "tests_triton.log", tests))
-    for line in _failures(out_dir / "tests_triton.log")[:8]:
-        print("    " + line[:150])
-    print("(a) other tests, CUDA cases:      " + _last_line(out_dir / "tests_cuda.log", tests))
-    for line in _failures(out_dir / "tests_cuda.log")[:8]:
-        print("    " + line[:150])
+    for title, log in (
+        ("(a) tests/test_triton.py on CUDA:", out_dir / "tests_triton.log"),
+        ("(a) other tests, CUDA cases:     ", out_dir / "tests_cuda.log"),
+    ):
+        result = _last_line(log, r"passed|failed|error|no tests|parity on|skipped:")
+        print(f"{title} {result}; {_last_line(log, r'^exit')}")
+        for line in _failures(log)[:8]:
+            print("    " + line[:150])
     print("    C++ CPU build: " + _last_line(out_dir / "cpp_build.log", r"built|error|exit [^0]"))
     print("(b) bench --device cuda (fwd+bwd for train, fwd for eval; ratio = PhasedLSTM/cuDNN):")
     print("\n".join(_bench_rows(out_dir / "bench.txt")))
