@@ -414,6 +414,7 @@ def summary(out: str) -> int:
         print("env: " + line[:150])
     for title, log in (
         ("(a) tests/test_triton.py on CUDA:", out_dir / "tests_triton.log"),
+        ("    its large-shape tests:       ", out_dir / "tests_triton_shapes.log"),
         ("(a) other tests, CUDA cases:     ", out_dir / "tests_cuda.log"),
     ):
         result = _last_line(log, r"passed|failed|error|no tests|parity on|skipped:")

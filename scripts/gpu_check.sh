@@ -11,10 +11,12 @@
 #   (c) scripts/gpu_check.py sweep: closed-neuron skipping at inference, the time gate, and the
 #       recurrence's plans at both shapes.
 # The C++ CPU kernels build in the background while the first tests run (the other test files load
-# them; a failed build is logged, not fatal); the benchmark starts once that build has ended. A summary is printed last and written to $OUT/summary.txt.
+# them; a failed build is logged, not fatal); the benchmark starts once that build has ended.
+# A summary is printed last and written to $OUT/summary.txt; the exit status is 1 if any part
+# failed, timed out or was skipped.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-$PWD/gpu_out}
+export OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 BUDGET=${GPU_CHECK_BUDGET:-320}
@@ -83,7 +85,16 @@ build=$!
 
 if "$PY" -c "import pytest" 2> /dev/null; then
     PYTEST=("$PY" -m pytest -q -p no:cacheprovider -o addopts= -rfEs)
-    part "(a) tests/test_triton.py on CUDA" 150 tests_triton.log "${PYTEST[@]}" tests/test_triton.py
+    # Two processes, so that Triton compiles the kernels of the large-shape tests (H 110 and 300,
+    # every mode) beside those of the others: compiling, not running, is most of this part.
+    part "(a) tests/test_triton.py on CUDA" 150 tests_triton.log bash -c '
+        "$@" -k "not gpu_shapes" & small=$!
+        "$@" -k gpu_shapes > "$OUT/tests_triton_shapes.log" 2>&1
+        large=$?
+        echo "exit $large" >> "$OUT/tests_triton_shapes.log"
+        wait $small
+        small=$?
+        exit $((small || large))' part "${PYTEST[@]}" tests/test_triton.py
 else
     part "(a) parity on CUDA (no pytest)" 150 tests_triton.log \
         "$PY" scripts/gpu_check.py parity --device cuda
