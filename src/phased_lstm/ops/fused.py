@@ -19,12 +19,11 @@ direction, on CPU float32/float64 tensors.
   :func:`_dense_above`), that step runs dense. In training mode the leak opens every neuron a
   little, every step is dense and the result is that of ``"fused"``.
 
-  What it saves, with ``r_on = 0.05`` (about 5% of the neurons open at a time), H = 512, on a
-  2-core x86 machine, one thread: one sequence (streaming) 2000 steps in 13 ms instead of
-  190 ms dense (each open neuron reads its rows of ``weight_hh`` once, so the work falls with
-  the open share); a batch of 32, 500 steps in 106 ms instead of 454 ms (the dense product reuses
-  each row for all samples, so the gain is smaller than ``1 / r_on`` and shrinks as the open
-  share grows). The layer still computes the input projection and the time gate of every step.
+  What it saves grows as fewer neurons are open: one sequence reads each open neuron's rows of
+  ``weight_hh`` once per step, so its work falls with the open share; a batch gains less than
+  ``1 / r_on`` because the dense product reuses each row for every sample. The layer still
+  computes the input projection and the time gate of every step. Measured figures are in the
+  README's Speed section (``phased-lstm bench``).
 
 The C++ source is compiled on first use (see :mod:`phased_lstm.ops.build`). If the build fails,
 ``backend="auto"`` warns once and uses the reference loop; an explicit ``"fused"`` or
