@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from phased_lstm import PhasedLSTM, ops
-from phased_lstm.ops import backends, kernels, reference_recurrence
+from phased_lstm.ops import backends, kernels, reference_recurrence, triton_backend
 
 f64 = torch.float64
 built = kernels.build_error() is None
@@ -37,11 +37,14 @@ def recording(name, calls):
         ("cpu", torch.bfloat16, True, "fused"),  # computes in float32
         ("cpu", torch.float16, False, "sparse"),
         ("meta", torch.float32, True, "reference"),
-        ("cuda", torch.float32, False, "reference"),
+        ("cuda", torch.float32, False, "triton"),
+        ("cuda", torch.bfloat16, True, "triton"),  # computes in float32
     ],
 )
 def test_auto_plan_by_device_dtype_and_gradient(device, dtype, grad, expected):
-    if not built and expected != "reference":
+    if expected == "triton" and triton_backend.unavailable() is not None:
+        expected = "reference"
+    elif not built and expected not in ("reference", "triton"):
         expected = "reference"
     plan = backends.plan("auto", device=device, dtype=dtype, needs_grad=grad)
     assert plan.backend.name == expected

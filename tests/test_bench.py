@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from phased_lstm_experiments import bench
 
@@ -52,3 +53,19 @@ def test_bad_options_are_reported(capsys):
     assert "unknown config 'nope'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         bench.main(["--backend", "gpu"])
+
+
+def test_cuda_device_option(capsys):
+    # On a GPU both models run there, timed with CUDA events, with the GPU's peak memory;
+    # without one the option is refused with the reason.
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            bench.main(["--quick", "--device", "cuda"])
+        assert "--device cuda needs a CUDA GPU" in capsys.readouterr().err
+        return
+    assert bench.main(["--quick", "--device", "cuda", "--repeats", "1", "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "GPU: " in out and "cuDNN TF32" in out
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| quick-")]
+    assert len(rows) == 2
+    assert all(float(row[2]) > 0 and float(row[3]) > 0 and float(row[9]) >= 0 for row in rows)

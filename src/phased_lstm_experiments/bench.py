@@ -32,6 +32,12 @@ LSTM in PyTorch). The ratio is against the fastest baseline; run with ``--thread
 ``--threads 2``.
 
 The machine's other load shows in the numbers; run it on an otherwise idle machine.
+
+With ``--device cuda`` both models run on the GPU (PhasedLSTM's ``"auto"`` backend is then the
+Triton kernels when Triton is installed), each repeat is timed with CUDA events, and ``peak MB``
+is how far one step raised ``torch.cuda.max_memory_allocated`` above what was allocated before
+it, measured in this process. nn.LSTM runs cuDNN, which by torch's default uses TF32 for
+float32; ``--tf32`` lets PhasedLSTM's float32 products use TF32 too.
 """
 
 from __future__ import annotations
@@ -108,6 +114,8 @@ CONFIGS: dict[str, BenchConfig] = {
         BenchConfig("h512-train", True, 32, 500, 64, 512),
         BenchConfig("stream-eval", False, 1, 2000, 16, 512),
         BenchConfig("batch-eval", False, 32, 2000, 16, 512),
+        BenchConfig("paper-eval", False, 32, 1000, 1, 110),
+        BenchConfig("h512-eval", False, 32, 500, 64, 512),
         BenchConfig("quick-train", True, 4, 60, 3, 24),
         BenchConfig("quick-eval", False, 1, 200, 3, 64),
     )
@@ -166,7 +174,9 @@ def irregular_times(length: int, batch: int, generator: torch.Generator) -> torc
 class _Case:
     """Both models and one input of a config, and the step that is timed."""
 
-    def __init__(self, config: BenchConfig, backend: str, seed: int = 0) -> None:
+    def __init__(
+        self, config: BenchConfig, backend: str, seed: int = 0, device: str = "cpu"
+    ) -> None:
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         self.config = config
@@ -182,6 +192,10 @@ class _Case:
         }
         for model in self.models.values():
             model.train(c.train)
+        if device != "cpu":
+            # Drawn on the CPU first, so that every device times the same numbers.
+            self.x, self.times = self.x.to(device), self.times.to(device)
+            self.models = {name: model.to(device) for name, model in self.models.items()}
 
     def step(self, model_name: str, x: torch.Tensor | None = None) -> None:
         x = self.x if x is None else x
@@ -208,8 +222,23 @@ def _median_ms(samples: list[float]) -> float:
     return 1e3 * statistics.median(samples)
 
 
+def _seconds(step: Callable[[], None], device: str) -> float:
+    """Duration of one call of ``step``: wall clock on the CPU, CUDA events on a GPU (from the
+    stream reaching the first event to it reaching the second, launch gaps included)."""
+    if device == "cpu":
+        start = time.perf_counter()
+        step()
+        return time.perf_counter() - start
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    begin.record()
+    step()
+    end.record()
+    end.synchronize()
+    return begin.elapsed_time(end) / 1e3
+
+
 def _time_interleaved(
-    steps: dict[str, Callable[[], None]], warmup: int, repeats: int
+    steps: dict[str, Callable[[], None]], warmup: int, repeats: int, device: str = "cpu"
 ) -> dict[str, float]:
     for _ in range(warmup):
         for step in steps.values():
@@ -217,26 +246,31 @@ def _time_interleaved(
     samples: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
         for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            samples[name].append(time.perf_counter() - start)
+            samples[name].append(_seconds(step, device))
     return {name: _median_ms(s) for name, s in samples.items()}
 
 
-def _matmul_step(config: BenchConfig) -> Callable[[], None]:
+def _matmul_step(config: BenchConfig, device: str = "cpu") -> Callable[[], None]:
     """The matrix products of one PhasedLSTM training step, one by one, nothing else."""
     c = config
     four_h = 4 * c.hidden_size
-    x = torch.randn(c.length * c.batch, c.input_size)
-    weight_ih = torch.randn(four_h, c.input_size)
-    weight_hh = torch.randn(four_h, c.hidden_size)
-    bias = torch.randn(four_h)
-    gates = torch.empty(c.length, c.batch, four_h)
-    states = torch.randn(c.length, c.batch, c.hidden_size)
-    grad_gates = torch.randn(c.length, c.batch, four_h)
-    grad_h = torch.empty(c.batch, c.hidden_size)
-    grad_w_hh = torch.empty(four_h, c.hidden_size)
-    grad_w_ih = torch.empty(four_h, c.input_size)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device=device)
+
+    def empty(*shape: int) -> torch.Tensor:
+        return torch.empty(*shape, device=device)
+
+    x = randn(c.length * c.batch, c.input_size)
+    weight_ih = randn(four_h, c.input_size)
+    weight_hh = randn(four_h, c.hidden_size)
+    bias = randn(four_h)
+    gates = empty(c.length, c.batch, four_h)
+    states = randn(c.length, c.batch, c.hidden_size)
+    grad_gates = randn(c.length, c.batch, four_h)
+    grad_h = empty(c.batch, c.hidden_size)
+    grad_w_hh = empty(four_h, c.hidden_size)
+    grad_w_ih = empty(four_h, c.input_size)
 
     def run() -> None:
         torch.addmm(bias, x, weight_ih.t(), out=gates.view(-1, four_h))
@@ -311,6 +345,18 @@ def measure_peak_mib(config: BenchConfig, model: str, backend: str) -> float:
     case = _Case(config, backend)
     case.step(model, case.x[:2])  # loads the compiled kernels and warms the allocator up
     return peak_growth_mib(lambda: case.step(model))
+
+
+def cuda_peak_mib(case: _Case, model: str) -> float:
+    """How far one step raised ``torch.cuda.max_memory_allocated`` above what was allocated
+    before it, in MiB (the step ran before, so kernels and allocator are warm)."""
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    case.step(model)
+    torch.cuda.synchronize()
+    return max(0, torch.cuda.max_memory_allocated() - before) / 2**20
 
 
 def peak_mib_in_subprocess(config: BenchConfig, model: str, backend: str) -> float | None:
@@ -484,16 +530,24 @@ class BenchRow:
 
 
 def run_config(
-    config: BenchConfig, *, backend: str, warmup: int, repeats: int, memory: bool
+    config: BenchConfig,
+    *,
+    backend: str,
+    warmup: int,
+    repeats: int,
+    memory: bool,
+    device: str = "cpu",
 ) -> BenchRow:
-    case = _Case(config, backend)
+    case = _Case(config, backend, device=device)
     steps = {name: (lambda name=name: case.step(name)) for name in MODELS}
     if config.train and not config.varied_lengths:
-        steps["matmul"] = _matmul_step(config)
-    times = _time_interleaved(steps, warmup, repeats)
+        steps["matmul"] = _matmul_step(config, device)
+    times = _time_interleaved(steps, warmup, repeats, device)
     peaks = {name: None for name in MODELS}
-    if memory:
+    if memory and device == "cpu":
         peaks = {name: peak_mib_in_subprocess(config, name, backend) for name in MODELS}
+    elif memory:
+        peaks = {name: cuda_peak_mib(case, name) for name in MODELS}
     return BenchRow(
         config,
         times["plstm"],
@@ -515,15 +569,47 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _resolved_backends(backend: str) -> str:
+def _resolved_backends(backend: str, device: str = "cpu") -> str:
     if backend != "auto":
         return backend
+    if device != "cpu":
+        from phased_lstm.ops.backends import plan
+
+        def chosen(needs_grad: bool) -> str:
+            return plan(
+                "auto", device=device, dtype=torch.float32, needs_grad=needs_grad
+            ).backend.name
+
+        return f"auto -> {chosen(True)} (train), {chosen(False)} (eval)"
     from phased_lstm.ops import fused
 
     error = fused.build_error()
     if error is not None:
         return f"auto -> reference (C++ kernels unavailable: {error})"
     return "auto -> fused (train), sparse (eval)"
+
+
+def _cpu_line() -> str:
+    return (
+        f"CPU: {_cpu_name()} ({os.cpu_count()} logical cores), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, float32\n"
+    )
+
+
+def _cuda_line() -> str:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except Exception:  # reported, not needed: the reference runs without Triton
+        triton_version = "not installed"
+    precision = torch.get_float32_matmul_precision()
+    return (
+        f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__} "
+        f"(CUDA {torch.version.cuda}), triton {triton_version}, float32; "
+        f"float32 matmul precision {precision!r} (TF32 {'on' if precision != 'highest' else 'off'}"
+        f" for PhasedLSTM), cuDNN TF32 {'on' if torch.backends.cudnn.allow_tf32 else 'off'}\n"
+    )
 
 
 def _num(value: float | None, fmt: str = ".1f") -> str:
@@ -578,6 +664,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=available_backends(),
         help="PhasedLSTM's recurrence backend (default: auto)",
     )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=("cpu", "cuda"),
+        help="where both models run (default: cpu)",
+    )
+    parser.add_argument(
+        "--tf32",
+        action="store_true",
+        help="with --device cuda: let float32 matrix products use TF32, as cuDNN's nn.LSTM does "
+        "by default (torch.set_float32_matmul_precision('high'))",
+    )
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 7)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up repeats (default 2)")
     parser.add_argument(
@@ -594,7 +692,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Time PhasedLSTM against torch.nn.LSTM on the CPU and print a table.",
+        description="Time PhasedLSTM against torch.nn.LSTM (CPU or GPU) and print a table.",
     )
     add_arguments(parser)
     return parser
@@ -619,6 +717,12 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         value = getattr(args, option)
         if value is not None and value < (0 if option == "warmup" else 1):
             parser.error(f"--{option} must be a positive integer, got {value}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda needs a CUDA GPU, and torch.cuda.is_available() is False")
+    if args.tf32 and args.device != "cuda":
+        parser.error("--tf32 applies to --device cuda only")
+    if args.tf32:
+        torch.set_float32_matmul_precision("high")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.memory_probe is not None:
@@ -633,9 +737,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(
         f"phased-lstm {phased_lstm.__version__} benchmark, "
         f"{datetime.datetime.now().astimezone().isoformat(timespec='seconds')}\n"
-        f"CPU: {_cpu_name()} ({os.cpu_count()} logical cores), torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, float32\n"
-        f"PhasedLSTM backend: {_resolved_backends(args.backend)}; "
+        + (_cuda_line() if args.device == "cuda" else _cpu_line())
+        + f"PhasedLSTM backend: {_resolved_backends(args.backend, args.device)}; "
         f"median of {repeats} interleaved repeats after {warmup} warm-up\n"
     )
     rows = []
@@ -648,6 +751,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                     warmup=warmup,
                     repeats=repeats,
                     memory=not args.no_memory,
+                    device=args.device,
                 )
             )
     if rows:

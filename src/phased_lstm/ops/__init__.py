@@ -5,11 +5,14 @@ the recurrence to :func:`recurrence`; a backend is a function with exactly its s
 registered with what it can run (:mod:`phased_lstm.ops.backends`).
 
 Backends: ``"reference"`` (a readable autograd loop, any device and dtype, any order of
-gradients), ``"fused"`` (C++ forward and hand-written backward, CPU) and ``"sparse"`` (C++
+gradients), ``"fused"`` (C++ forward and hand-written backward, CPU), ``"sparse"`` (C++
 inference that skips neurons whose time gate is closed, CPU, no gradients); see
-:mod:`phased_lstm.ops.fused`. ``"auto"`` takes ``"sparse"`` when no gradient is needed and
-``"fused"`` when one is, for CPU float32/float64 inputs once the kernels are built, and the
-reference otherwise; the compiled backends agree with the reference to float rounding.
+:mod:`phased_lstm.ops.fused`; and ``"triton"`` (GPU kernels with the time loop inside,
+training and inference, float32/float64 and bfloat16/float16 with float32 state; needs the
+optional Triton), see :mod:`phased_lstm.ops.triton_backend`. ``"auto"`` takes ``"triton"`` for
+CUDA tensors when Triton imports; on the CPU ``"sparse"`` when no gradient is needed and
+``"fused"`` when one is, for float32/float64 inputs once the kernels are built; and the
+reference otherwise. The compiled backends agree with the reference to float rounding.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .. import _checks
+from . import triton_backend
 from .backends import (
     Backend,
     RecurrenceFn,
@@ -32,6 +36,7 @@ from .backends import (
 from .fused import fused_recurrence, sparse_recurrence
 from .kernels import build_kernels
 from .reference import reference_recurrence
+from .triton_backend import triton_recurrence
 
 _CPU_FLOATS = (torch.float32, torch.float64)
 
@@ -67,6 +72,24 @@ register_backend(
 def _resolve(backend: str, tensors: tuple[Tensor | None, ...]) -> RecurrenceFn:
     """The recurrence function that runs these tensors for ``backend``."""
     return choose(backend, call_of(tensors)).recurrence
+
+
+register_backend(
+    Backend(
+        "triton",
+        triton_recurrence,
+        devices=triton_backend.DEVICES,
+        dtypes=triton_backend.DTYPES,
+        gradients=True,
+        packed=True,
+        kernel_gate=True,  # its time gate is the Triton kernel (see ops/gate.py)
+        # Above the reference, below the CPU kernels: on a GPU it competes with the reference
+        # only; on the CPU (under the interpreter) "auto" keeps "fused" and "sparse".
+        priority=5,
+        unavailable=triton_backend.unavailable,
+        fix=triton_backend.FIX,
+    )
+)
 
 
 def recurrence(
@@ -136,4 +159,5 @@ __all__ = [
     "reference_recurrence",
     "register_backend",
     "sparse_recurrence",
+    "triton_recurrence",
 ]

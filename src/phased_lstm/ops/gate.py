@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ..functional import time_gate
+from . import triton_backend
 from .backends import Plan, plan
 
 f64 = torch.float64
@@ -37,7 +38,7 @@ def sequence_gate(
     planner's choice, made once for the gate and the recurrence together), or a backend name
     to plan for. The compiled kernel runs when the plan pairs it with its backend: CPU
     timestamps that need no gradient (the kernel differentiates with respect to period, shift
-    and r_on only).
+    and r_on only); with the ``"triton"`` backend, the Triton kernel (any of its devices).
     """
     if isinstance(backend, str):
         grad = torch.is_grad_enabled() and any(p.requires_grad for p in (period, shift, r_on))
@@ -48,6 +49,8 @@ def sequence_gate(
             needs_grad=grad,
             times_need_grad=torch.is_grad_enabled() and times.requires_grad,
         )
+    if backend.kernel_gate and backend.backend.name == "triton":
+        return triton_backend.sequence_gate(times, period, shift, r_on, leak, valid, dtype)
     if backend.kernel_gate and times.device.type == "cpu" and dtype in KERNEL_DTYPES:
         # An op with a fake implementation and a registered backward (ops/library.py).
         return torch.ops.phased_lstm.time_gate_forward(
