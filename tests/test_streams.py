@@ -1,6 +1,8 @@
 """merge_streams and merge_stream_batch against hand-built cases and a plain Python merge."""
 
 import doctest
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -236,3 +238,12 @@ def test_batch_feeds_the_phased_lstm_as_each_sample_alone():
 def test_batch_errors_name_the_sample(samples, error, message):
     with pytest.raises(error, match=message):
         merge_stream_batch(samples)
+
+
+def test_readme_example_runs_and_prints_what_it_says(capsys):
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("## Several sensors at their own rates") :]
+    block = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    exec(compile(block, "README sensor fusion example", "exec"), {})
+    claimed = re.search(r"print\(.*\)  # (.*)\n", block).group(1)
+    assert capsys.readouterr().out.strip() == claimed

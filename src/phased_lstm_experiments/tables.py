@@ -47,6 +47,23 @@ def final_metric(results: dict, metric: str) -> dict[tuple[str, str], list[float
     return table
 
 
+def epochs_to_reach(
+    results: dict, share: float = 0.9, metric: str = "test_acc"
+) -> dict[tuple[str, str], list[int]]:
+    """(model, condition) -> per seed, the first epoch (1-based) whose ``metric`` is at least
+    ``share`` of the last epoch's: how fast a run converged, whatever its final level. Runs
+    whose last epoch has no finite ``metric`` are left out."""
+    table: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for record in results["runs"].values():
+        history = record["history"]
+        final = history[-1].get(metric, math.nan) if history else math.nan
+        if not math.isfinite(final):
+            continue
+        epoch = next(row["epoch"] for row in history if row.get(metric, -math.inf) >= share * final)
+        table[(record["model"], record["condition"])].append(epoch)
+    return table
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     if not values:
         return math.nan, math.nan
@@ -185,9 +202,12 @@ def accuracy_bars(
     results: dict,
     paper: Callable[[str, str], float] | None = None,
     paper_label: str = "paper",
+    *,
+    ylim: tuple[float, float] = (40, 102),
 ):
     """Final test accuracy per condition and model, error bars over seeds; the paper's value
-    ``paper(condition, model)`` (NaN where it has none) as a black mark."""
+    ``paper(condition, model)`` (NaN where it has none) as a black mark. ``ylim`` in %: the
+    default suits two classes."""
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -216,14 +236,21 @@ def accuracy_bars(
     axis.set_xticks(range(len(config.conditions)))
     axis.set_xticklabels([task.condition_titles.get(c, c) for c in config.conditions], fontsize=8)
     axis.set_ylabel("test accuracy (%)")
-    axis.set_ylim(40, 102)
+    axis.set_ylim(*ylim)
     axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
     axis.set_title(f"test accuracy after {epochs_text(config, results)}", fontsize=9)
     return figure
 
 
-def learning_curves(task: Task, config: ExperimentConfig, results: dict):
-    """Test accuracy per epoch, one panel per condition, mean and std band over seeds."""
+def learning_curves(
+    task: Task,
+    config: ExperimentConfig,
+    results: dict,
+    *,
+    ylim: tuple[float, float] = (40, 101),
+):
+    """Test accuracy per epoch, one panel per condition, mean and std band over seeds; ``ylim``
+    in % (the default suits two classes)."""
     import matplotlib.pyplot as plt
 
     curves = history_curves(results, "test_acc")
@@ -236,7 +263,7 @@ def learning_curves(task: Task, config: ExperimentConfig, results: dict):
                 plot_band(axis, runs, 100.0, color=COLORS.get(model), label=model_title(model))
         axis.set_title(task.condition_titles.get(condition, condition), fontsize=9)
         axis.set_xlabel("epoch")
-        axis.set_ylim(40, 101)
+        axis.set_ylim(*ylim)
     axes[0][0].set_ylabel("test accuracy (%)")
     handles = {}
     for axis in axes[0]:
@@ -254,6 +281,7 @@ __all__ = [
     "accuracy_table",
     "cell",
     "epochs_text",
+    "epochs_to_reach",
     "final_metric",
     "history_curves",
     "learning_curves",

@@ -1,0 +1,259 @@
+"""The multi-rate fusion experiment: the synthetic audio-video generator (rates, time ranges,
+class structure, determinism), what each model reads, its metrics and report, and the CLI."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("lightning")
+
+from phased_lstm.data import merge_streams  # noqa: E402
+from phased_lstm_experiments.models import build_model  # noqa: E402
+from phased_lstm_experiments.tables import epochs_to_reach  # noqa: E402
+from phased_lstm_experiments.tasks import fusion  # noqa: E402
+from phased_lstm_experiments.tasks.fusion import (  # noqa: E402
+    CLASS_SHAPES,
+    CLASS_WORDS,
+    TASK,
+    audio_video_examples,
+    grid_batch,
+    native_batch,
+)
+from tests.test_experiments import (  # noqa: E402
+    TINY,
+    _one_thread,  # noqa: E402,F401  (autouse fixture)
+    run_cli,
+)
+
+
+def gaps(streams) -> np.ndarray:
+    return np.concatenate([np.diff(times) for times, _ in streams])
+
+
+# The generator ------------------------------------------------------------------------------
+
+
+def test_sensor_rates_and_jitter():
+    examples = audio_video_examples(200, 0)
+    audio, video = gaps(examples.audio), gaps(examples.video)
+    # 10 ms and 40 ms between frames, each frame off by at most 1 ms (audio) and 3 ms (video).
+    assert abs(np.median(audio) - 10.0) < 0.2 and abs(np.median(video) - 40.0) < 0.5
+    assert audio.min() >= 8.0 and audio.max() <= 12.0
+    assert video.min() >= 34.0 and video.max() <= 46.0
+    assert abs(audio.mean() - 10.0) < 0.05 and abs(video.mean() - 40.0) < 0.2
+    filmed_30 = gaps(audio_video_examples(200, 0, video_rate=30.0).video)
+    assert abs(np.median(filmed_30) - 1000 / 30) < 0.5 and filmed_30.min() >= 1000 / 30 - 6
+
+
+def test_time_ranges_and_shapes():
+    examples = audio_video_examples(300, 1)
+    for (audio_times, mfcc), (video_times, landmarks) in zip(
+        examples.audio, examples.video, strict=True
+    ):
+        assert audio_times.dtype == np.float64 and mfcc.dtype == np.float32
+        assert mfcc.shape == (audio_times.size, 13) and landmarks.shape == (video_times.size, 8)
+        # A recording starts at a random time in the first second and lasts 0.9-1.7 s.
+        assert -1.0 <= audio_times[0] <= 1011.0
+        assert 880.0 <= audio_times[-1] - audio_times[0] <= 1712.0
+        # The camera's clock is off by up to 20 ms and its first frame within 40 ms.
+        assert audio_times[0] - 35.0 <= video_times[0] <= audio_times[0] + 64.0
+        assert abs(video_times[-1] - audio_times[-1]) <= 64.0
+        assert np.all(np.isfinite(mfcc)) and np.all(np.isfinite(landmarks))
+    starts = [times[0] for times, _ in examples.audio]
+    assert min(starts) < 100.0 and max(starts) > 900.0  # spread over the first second
+
+
+def test_class_structure_gives_single_stream_ceilings_of_one_half():
+    # Written out by hand: class -> (audio word, mouth shape).
+    assert CLASS_WORDS == (0, 0, 1, 1, 2, 2, 3, 3, 4, 4)
+    assert CLASS_SHAPES == (0, 1, 1, 2, 2, 3, 3, 4, 4, 0)
+    pairs = set(zip(CLASS_WORDS, CLASS_SHAPES, strict=True))
+    assert len(pairs) == 10  # both streams together tell every class apart
+    # Each word and each shape belongs to exactly two classes: knowing one stream, the best
+    # guess among two classes is right half of the time.
+    assert all(CLASS_WORDS.count(w) == 2 for w in range(5))
+    assert all(CLASS_SHAPES.count(s) == 2 for s in range(5))
+    assert fusion.STREAM_CEILING == 0.5
+
+
+def _same_stream(a, b) -> bool:
+    return all(
+        np.array_equal(ta, tb) and np.array_equal(va, vb)
+        for (ta, va), (tb, vb) in zip(a, b, strict=True)
+    )
+
+
+@pytest.mark.parametrize(
+    "first, second, same_audio, same_video",
+    [
+        (0, 1, True, False),  # the same word, other shapes: only the video tells them apart
+        (1, 2, False, True),  # the same shape: only the audio
+        (9, 0, False, True),  # the cycle closes
+        (0, 2, False, False),
+        (3, 3, True, True),
+    ],
+)
+def test_each_stream_depends_on_its_own_factor_only(first, second, same_audio, same_video):
+    # With the classes forced and the same seed, every other draw is the same: a stream is
+    # bit for bit the same exactly when the class's factor for it is.
+    a = audio_video_examples(20, 5, labels=np.full(20, first))
+    b = audio_video_examples(20, 5, labels=np.full(20, second))
+    assert _same_stream(a.audio, b.audio) == same_audio
+    assert _same_stream(a.video, b.video) == same_video
+
+
+def test_determinism_per_seed_and_another_video_rate():
+    a, b = audio_video_examples(30, [4, 0, 2]), audio_video_examples(30, [4, 0, 2])
+    assert np.array_equal(a.labels, b.labels)
+    assert _same_stream(a.audio, b.audio) and _same_stream(a.video, b.video)
+    c = audio_video_examples(30, [4, 0, 3])
+    assert not _same_stream(a.audio, c.audio)
+    assert np.bincount(audio_video_examples(2000, 8).labels, minlength=10).min() > 150
+    # Filmed at 30 Hz: the same utterances and audio, more video frames over the same span.
+    d = audio_video_examples(30, [4, 0, 2], video_rate=30.0)
+    assert np.array_equal(a.labels, d.labels) and _same_stream(a.audio, d.audio)
+    for (t25, _), (t30, _) in zip(a.video, d.video, strict=True):
+        assert t30.size > t25.size and abs(t30[0] - t25[0]) < 40.0
+
+
+# What the models read -----------------------------------------------------------------------
+
+
+def test_native_layout_is_the_merge_of_the_chosen_streams():
+    examples = audio_video_examples(4, 2)
+    values, times, lengths = native_batch(examples, ("audio", "video"))
+    assert values.shape[-1] == 13 + 8 + 2 and times.dtype == torch.float64
+    for row in range(4):
+        merged_times, merged = merge_streams([examples.audio[row], examples.video[row]])
+        n = int(lengths[row])
+        assert torch.equal(times[row, :n], merged_times) and torch.equal(values[row, :n], merged)
+    values, _, lengths = native_batch(examples, ("video",))
+    assert values.shape[-1] == 9 and lengths.tolist() == [t.size for t, _ in examples.video]
+
+
+@pytest.mark.parametrize("names", [("audio", "video"), ("audio",), ("video",)])
+def test_grid_layout_holds_each_stream_on_a_100_hz_grid(names):
+    examples = audio_video_examples(5, 3)
+    values, times, lengths = grid_batch(examples, names)
+    for row, streams in enumerate(examples.streams(names)):
+        n = int(lengths[row])
+        first = min(t[0] for t, _ in streams)
+        np.testing.assert_allclose(times[row, :n].numpy(), first + 10.0 * np.arange(n))
+        assert times[row, n - 1] <= max(t[-1] for t, _ in streams) < times[row, n - 1] + 10.0
+        # Reference: the ticks as a featureless last stream of a merge, whose stable order
+        # puts each tick after the events at its time.
+        grid = times[row, :n].numpy()
+        merged_times, merged = merge_streams([*streams, (grid, np.zeros((n, 0)))])
+        ticks = merged[:, -1] == 1.0
+        width = values.shape[-1]
+        assert torch.equal(values[row, :n], merged[ticks, :width])
+
+
+def test_test_sets_and_input_sizes():
+    config = fusion_config()
+    sets = TASK.test_data(config, "plstm", "fused", 1)
+    assert list(sets) == ["test", "test_video30"]
+    assert list(TASK.test_data(config, "lstm", "audio", 1)) == ["test"]
+    assert list(TASK.test_data(config, "lstm", "video", 1)) == ["test", "test_video30"]
+    # The two sets hold the same utterances: the same labels, in the same order of length.
+    assert sorted(sets["test"].tensors[3].tolist()) == sorted(
+        sets["test_video30"].tensors[3].tolist()
+    )
+    for model, condition, size in (
+        ("plstm", "fused", 23),
+        ("lstm", "fused", 21),
+        ("plstm", "video", 9),
+        ("bnlstm-input", "audio", 13),
+    ):
+        spec = TASK.model_spec(config, model, condition)
+        values = TASK.train_data(config, model, condition, 1, 0).tensors[0]
+        assert spec.input_size == size == values.shape[-1] and spec.num_outputs == 10
+        assert not spec.time_as_input
+
+
+def test_period_ranges_follow_the_gaps_between_events():
+    # suggest_period_range: (gap / r_on, duration) with r_on = 0.05.
+    low, high = fusion.period_range("fused")
+    assert 130 < low < 190 and 1100 < high < 1500  # ~8 ms between merged events
+    low, high = fusion.period_range("audio")
+    assert 195 < low < 205
+    low, high = fusion.period_range("video")
+    assert 780 < low < 820 and high > low
+
+
+def test_updates_per_neuron():
+    config = fusion_config()
+    torch.manual_seed(0)
+    batch = TASK.test_data(config, "plstm", "fused", 1)["test"][:8]
+    network = build_model("plstm", TASK.model_spec(config, "plstm", "fused")).eval()
+    metrics = TASK.evaluation_metrics(network, batch)
+    _, times, lengths, _ = batch
+    # Open neuron-steps per utterance, counted by hand from the time gate.
+    rnn = network.encoder.rnn
+    period, shift, r_on = rnn.time_gate_values()
+    phase = torch.remainder(times.unsqueeze(-1) - shift, period) / period
+    valid = torch.arange(times.shape[1]) < lengths.unsqueeze(1)
+    opened = ((phase < r_on) & valid.unsqueeze(-1)).double().sum() / rnn.hidden_size
+    total, count = metrics["updates_per_neuron"]
+    assert count == 8 and math.isclose(total, float(opened), rel_tol=1e-9)
+    baseline = build_model("lstm", TASK.model_spec(config, "lstm", "fused")).eval()
+    batch = TASK.test_data(config, "lstm", "fused", 1)["test"][:8]
+    assert TASK.evaluation_metrics(baseline, batch) == {
+        "updates_per_neuron": (float(batch[2].sum()), 8.0)
+    }
+
+
+def test_epochs_to_reach_a_share_of_the_final_accuracy():
+    def run(model, accuracies):
+        history = [{"epoch": k + 1, "test_acc": a} for k, a in enumerate(accuracies)]
+        return {"model": model, "condition": "c", "history": history, "final": history[-1]}
+
+    results = {
+        "runs": {
+            "a": run("plstm", [0.1, 0.5, 0.85, 0.9, 0.95]),  # 0.9 * 0.95 = 0.855: epoch 4
+            "b": run("plstm", [0.3, 0.27]),  # 0.243: epoch 1
+            "c": run("lstm", [0.2, 0.9, 0.5, 1.0]),  # 0.9: epoch 2
+            "d": run("lstm", [0.2, float("nan")]),  # no final accuracy: left out
+        }
+    }
+    assert dict(epochs_to_reach(results, 0.9)) == {("plstm", "c"): [4, 1], ("lstm", "c"): [2]}
+
+
+# The CLI ------------------------------------------------------------------------------------
+
+
+def fusion_config():
+    from phased_lstm_experiments.config import preset_config
+
+    config = preset_config("fusion", "quick")
+    config.samples_per_epoch, config.test_samples = 32, 32
+    return config
+
+
+def test_cli_end_to_end(tmp_path):
+    out = tmp_path / "fusion"
+    run_cli(
+        "fusion", "--models", "plstm,lstm", "--condition", "fused,audio", *TINY, "--out", str(out)
+    )
+    results = json.loads((out / "results.json").read_text())
+    assert sorted(results["runs"]) == sorted(
+        f"{model}-{condition}-seed1"
+        for model in ("plstm", "lstm")
+        for condition in ("fused", "audio")
+    )
+    for name, record in results["runs"].items():
+        row = record["final"]
+        assert 0 <= row["test_acc"] <= 1 and row["updates_per_neuron"] > 0
+        assert ("test_video30_acc" in row) == (record["condition"] != "audio"), name
+        assert ("update_fraction" in row) == (record["model"] == "plstm"), name
+    markdown = (out / "results.md").read_text()
+    assert "# Phased LSTM reproduction: multi-rate sensor fusion" in markdown
+    accuracy = results["runs"]["plstm-fused-seed1"]["final"]["test_acc"]
+    [row] = [r for r in markdown.splitlines() if r.startswith("| audio + video | Phased LSTM |")]
+    assert f"| {100 * accuracy:.1f} (1 seed) |" in row
+    assert "Fusion beats each stream alone" in markdown
+    for name in ("streams.png", "accuracy_bars.png", "learning_curves.png", "metrics.csv"):
+        assert (out / name).stat().st_size > 0, name
