@@ -11,6 +11,7 @@ import torch
 pytest.importorskip("lightning")
 
 from phased_lstm.data import merge_streams  # noqa: E402
+from phased_lstm_experiments import speech  # noqa: E402
 from phased_lstm_experiments.models import build_model  # noqa: E402
 from phased_lstm_experiments.tables import epochs_to_reach  # noqa: E402
 from phased_lstm_experiments.tasks import fusion  # noqa: E402
@@ -257,3 +258,102 @@ def test_cli_end_to_end(tmp_path):
     assert "Fusion beats each stream alone" in markdown
     for name in ("streams.png", "accuracy_bars.png", "learning_curves.png", "metrics.csv"):
         assert (out / name).stat().st_size > 0, name
+
+
+# The optional real-speech variant -------------------------------------------------------------
+
+needs_espeak = pytest.mark.skipif(
+    not speech.espeak_available(), reason="espeak-ng is not installed (apt-get install espeak-ng)"
+)
+
+
+def reference_mel_filters(rate, size, bands=26, top=8000.0):
+    """Triangles between mel-spaced edges, written out bin by bin."""
+
+    def mel(hz):
+        return 2595.0 * math.log10(1.0 + hz / 700.0)
+
+    def hz(m):
+        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+
+    edges = [hz(k * mel(min(top, rate / 2)) / (bands + 1)) for k in range(bands + 2)]
+    filters = np.zeros((bands, size // 2 + 1))
+    for band in range(bands):
+        low, centre, high = edges[band : band + 3]
+        for k in range(size // 2 + 1):
+            f = k * rate / size
+            if low < f <= centre:
+                filters[band, k] = (f - low) / (centre - low)
+            elif centre < f < high:
+                filters[band, k] = (high - f) / (high - centre)
+    return filters
+
+
+def test_mel_filters_and_dct():
+    np.testing.assert_allclose(speech.mel_filters(16000, 512), reference_mel_filters(16000, 512),
+                               atol=1e-12)  # fmt: skip
+    np.testing.assert_allclose(speech.mel_filters(22050, 1024), reference_mel_filters(22050, 1024),
+                               atol=1e-12)  # fmt: skip
+    dct = speech.dct_matrix()
+    np.testing.assert_allclose(dct @ dct.T, np.eye(13), atol=1e-12)  # orthonormal rows
+    n = np.arange(26)
+    np.testing.assert_allclose(
+        dct[2], np.sqrt(2 / 26) * np.cos(np.pi * 2 * (n + 0.5) / 26), atol=1e-15
+    )
+
+
+def test_log_mel_energies_against_a_frame_written_out():
+    rate = 16000
+    t = np.arange(rate // 2) / rate
+    samples = 0.5 * np.sin(2 * np.pi * 1000.0 * t) + 0.01 * np.random.default_rng(0).normal(
+        size=t.size
+    )
+    times, energies = speech.log_mel_energies(samples, rate)
+    # 25 ms windows (400 samples) every 10 ms (160 samples), stamped at their centres.
+    assert energies.shape == (len(times), 26) and len(times) == (rate // 2 - 400) // 160 + 1
+    np.testing.assert_allclose(times[:3], [12.5, 22.5, 32.5])
+    k = 7
+    frame = samples[160 * k : 160 * k + 400]
+    hamming = 0.54 - 0.46 * np.cos(2 * np.pi * np.arange(400) / 399)
+    bins = np.arange(257)
+    dft = (frame * hamming) @ np.exp(-2j * np.pi * np.outer(np.arange(400), bins) / 512)
+    expected = np.log(reference_mel_filters(rate, 512) @ np.abs(dft) ** 2 + 1e-10)
+    np.testing.assert_allclose(energies[k], expected, rtol=1e-9)
+    # The tone's band: the one whose centre lies nearest 1 kHz.
+    centres = [reference_mel_filters(rate, 512)[b].argmax() * rate / 512 for b in range(26)]
+    assert energies[k].argmax() == int(np.argmin(np.abs(np.array(centres) - 1000.0)))
+    mfcc_times, coefficients = speech.mfcc(samples, rate)
+    np.testing.assert_allclose(coefficients, energies @ speech.dct_matrix().T)
+    assert np.array_equal(mfcc_times, times)
+
+
+def test_audio_option_refuses_a_missing_espeak(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(speech.shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit):
+        run_cli("fusion", "--audio", "espeak", *TINY, "--out", str(tmp_path / "x"))
+    assert "espeak needs the espeak-ng speech synthesiser" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_cli("fusion", "--audio", "wav", *TINY, "--out", str(tmp_path / "y"))
+    assert "unknown audio source 'wav'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="audio must be one of synthetic, espeak"):
+        audio_video_examples(2, 0, audio="wav")
+
+
+@needs_espeak
+def test_espeak_phrases_as_the_audio_stream():
+    examples = audio_video_examples(40, 2, audio="espeak")
+    assert abs(np.median(gaps(examples.audio)) - 10.0) < 0.2
+    for (times, mfcc), (video_times, _) in zip(examples.audio, examples.video, strict=True):
+        assert mfcc.shape == (times.size, 13) and np.all(np.isfinite(mfcc))
+        # The phrase stretched to 0.8-1.2 s, with 50-250 ms of silence on either side.
+        assert 880.0 <= times[-1] - times[0] <= 1712.0
+        assert abs(video_times[-1] - times[-1]) <= 64.0
+    bank = fusion.speech_bank()
+    assert len(bank.frames) == 5 * 27 and bank.per_word == 27
+    assert 600.0 <= bank.durations.min() and bank.durations.max() <= 1400.0
+    # The same class structure: the audio depends on the phrase only, the video on the shape.
+    a = audio_video_examples(10, 3, labels=np.full(10, 2), audio="espeak")
+    b = audio_video_examples(10, 3, labels=np.full(10, 3), audio="espeak")
+    c = audio_video_examples(10, 3, labels=np.full(10, 4), audio="espeak")
+    assert _same_stream(a.audio, b.audio) and not _same_stream(a.video, b.video)
+    assert _same_stream(b.video, c.video) and not _same_stream(b.audio, c.audio)
