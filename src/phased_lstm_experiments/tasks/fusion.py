@@ -24,6 +24,10 @@ The Phased LSTM reads the two streams merged at their own timestamps
 100 Hz grid, each stream holding its latest value (the usual way to feed a fixed-step network).
 Conditions: both streams ("fused"), the audio alone, the video alone. A second test set shows
 the same test utterances filmed at 30 Hz, to which no model was trained.
+
+``--audio espeak`` (where the espeak-ng synthesiser is installed) replaces the bursts by five
+short commands spoken by espeak-ng in 27 voices, speeds and pitches, turned into real MFCCs
+(:mod:`phased_lstm_experiments.speech`) and stretched to the utterance; the rest is unchanged.
 """
 
 from __future__ import annotations
@@ -355,7 +359,7 @@ class SpeechBank:
         frames: per recording, ``(K, 13)`` MFCCs of its speech, from the first frame above
             the noise to the last (every 10 ms).
         durations: ``(R,)`` ms of speech per recording.
-        recordings: per word, the indices of its recordings.
+        recordings: per phrase (audio word), the indices of its recordings.
         silence: ``(13,)`` MFCCs of the noise floor alone.
     """
 
@@ -374,13 +378,13 @@ def speech_bank() -> SpeechBank:
     """The five phrases spoken by espeak-ng in 27 ways each (about 10 s to synthesise, once per
     process). Raises RuntimeError when espeak-ng is not installed."""
     noise = np.random.default_rng(0)
-    frames, words = [], []
-    for word, (voice, speed, pitch) in itertools.product(
+    frames, phrases = [], []
+    for phrase, (voice, speed, pitch) in itertools.product(
         range(len(SPEECH_PHRASES)),
         itertools.product(_SPEECH_VOICES, _SPEECH_SPEEDS, _SPEECH_PITCHES),
     ):
         samples, rate = speech.synthesise(
-            SPEECH_PHRASES[word], voice=voice, speed=speed, pitch=pitch
+            SPEECH_PHRASES[phrase], voice=voice, speed=speed, pitch=pitch
         )
         _, coefficients = speech.mfcc(samples + noise.normal(0, _NOISE_FLOOR, samples.size), rate)
         # Speech: from the first to the last frame whose log energy is more than a third of
@@ -388,7 +392,7 @@ def speech_bank() -> SpeechBank:
         energy = coefficients[:, 0]
         loud = np.flatnonzero(energy > energy.min() + (energy.max() - energy.min()) / 3)
         frames.append(coefficients[loud[0] : loud[-1] + 1])
-        words.append(word)
+        phrases.append(phrase)
     _, floor = speech.mfcc(noise.normal(0, _NOISE_FLOOR, int(rate / 5)), rate)
     everything = np.concatenate(frames)
     mean, std = everything.mean(0), everything.std(0)
@@ -396,7 +400,7 @@ def speech_bank() -> SpeechBank:
         frames=[(f - mean) / std for f in frames],
         durations=np.array([speech.HOP_MS * len(f) for f in frames]),
         recordings=tuple(
-            tuple(np.flatnonzero(np.array(words) == w)) for w in range(len(SPEECH_PHRASES))
+            tuple(np.flatnonzero(np.array(phrases) == p)) for p in range(len(SPEECH_PHRASES))
         ),
         silence=(floor.mean(0) - mean) / std,
     )
@@ -418,7 +422,7 @@ def _audio_source(text: str) -> str:
 def _record_speech(
     utterances: _Utterances, rng: np.random.Generator, bank: SpeechBank
 ) -> list[tuple]:
-    """The spoken word's MFCCs every 10 ms, read through the utterance's time warp (linear
+    """The spoken phrase's MFCCs every 10 ms, read through the utterance's time warp (linear
     interpolation between its frames), the noise floor's before and after."""
     times, counts = _frame_times(utterances, rng, AUDIO_RATE, _AUDIO_JITTER_MS)
     u = utterances.position(times)
@@ -660,6 +664,7 @@ def fusion_tables(task: FusionTask, config, results: dict) -> list[str]:
     accuracy = final_metric(results, "test_acc")
     at_30 = final_metric(results, f"{TEST_RATE_SET}_acc")
     updates = final_metric(results, "updates_per_neuron")
+    open_share = final_metric(results, "update_fraction")
     reached = epochs_to_reach(results, 0.9)
     lines = [
         f"## Test accuracy after {epochs_text(config, results)} (%)",
@@ -687,9 +692,18 @@ def fusion_tables(task: FusionTask, config, results: dict) -> list[str]:
                 f"| {task.condition_titles[condition]} | {model_title(model)} "
                 f"| {cell(values, 100.0)} | {cell(at_30[key], 100.0) if key in at_30 else '—'} "
                 f"| {change} | {_epochs_cell(reached.get(key, []), values)} "
-                f"| {cell(updates[key], digits=0) if key in updates else '—'} |"
+                f"| {_updates_cell(updates.get(key), open_share.get(key))} |"
             )
     return lines + ["", *_claim_lines(config, accuracy, at_30, reached)]
+
+
+def _updates_cell(updates: list[float] | None, open_share: list[float] | None) -> str:
+    if not updates:
+        return "—"
+    mean = mean_std(updates)[0]
+    if open_share:
+        return f"{mean:.0f} (open at {100 * mean_std(open_share)[0]:.1f}% of the steps)"
+    return f"{mean:.0f}"
 
 
 def _epochs_cell(epochs: list[int], accuracies: list[float]) -> str:
@@ -810,3 +824,23 @@ def streams_figure():
 
 
 TASK = FusionTask()
+
+
+__all__ = [
+    "AUDIO_SOURCES",
+    "CLASS_SHAPES",
+    "CLASS_WORDS",
+    "CONDITION_STREAMS",
+    "SPEECH_PHRASES",
+    "STREAM_CEILING",
+    "TASK",
+    "AudioVideoExamples",
+    "FusionTask",
+    "SpeechBank",
+    "audio_video_examples",
+    "grid_batch",
+    "native_batch",
+    "period_range",
+    "speech_bank",
+    "streams_figure",
+]
