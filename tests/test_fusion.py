@@ -56,9 +56,10 @@ def test_time_ranges_and_shapes():
     ):
         assert audio_times.dtype == np.float64 and mfcc.dtype == np.float32
         assert mfcc.shape == (audio_times.size, 13) and landmarks.shape == (video_times.size, 8)
-        # A recording starts at a random time in the first second and lasts 0.9-1.7 s.
+        # A recording starts at a random time in the first second and lasts 0.45-0.85 s: its
+        # first and last frames within 10 ms (+-1 ms of jitter) of its ends.
         assert -1.0 <= audio_times[0] <= 1011.0
-        assert 880.0 <= audio_times[-1] - audio_times[0] <= 1712.0
+        assert 428.0 <= audio_times[-1] - audio_times[0] <= 852.0
         # The camera's clock is off by up to 20 ms and its first frame within 40 ms.
         assert audio_times[0] - 35.0 <= video_times[0] <= audio_times[0] + 64.0
         assert abs(video_times[-1] - audio_times[-1]) <= 64.0
@@ -176,13 +177,20 @@ def test_test_sets_and_input_sizes():
 
 
 def test_period_ranges_follow_the_gaps_between_events():
-    # suggest_period_range: (gap / r_on, duration) with r_on = 0.05.
+    # suggest_period_range: (gap / r_on, duration) with r_on = 0.2, the task's default.
+    assert fusion.R_ON == 0.2
     low, high = fusion.period_range("fused")
-    assert 130 < low < 190 and 1100 < high < 1500  # ~8 ms between merged events
+    assert 32 < low < 48 and 550 < high < 750  # ~8 ms between merged events
     low, high = fusion.period_range("audio")
-    assert 195 < low < 205
+    assert 49 < low < 51 and 550 < high < 750
     low, high = fusion.period_range("video")
-    assert 780 < low < 820 and high > low
+    assert 195 < low < 205 and 550 < high < 750
+    # At r_on = 0.1 the open window spans a gap at twice the period.
+    assert 99 < fusion.period_range("audio", r_on=0.1)[0] < 101
+    # At 0.05 a video-only sequence (~16 frames) is too short for any period to open a neuron
+    # at one frame per sequence on average: the library says so.
+    with pytest.raises(ValueError, match="r_on = 0.05 is too small"):
+        fusion.period_range("video", r_on=0.05)
 
 
 def test_updates_per_neuron():
@@ -207,20 +215,84 @@ def test_updates_per_neuron():
     }
 
 
-def test_epochs_to_reach_a_share_of_the_final_accuracy():
-    def run(model, accuracies):
+def test_epochs_to_reach_a_share_of_the_best_final_accuracy():
+    def run(model, accuracies, condition="c", seed=1):
         history = [{"epoch": k + 1, "test_acc": a} for k, a in enumerate(accuracies)]
-        return {"model": model, "condition": "c", "history": history, "final": history[-1]}
+        return {"model": model, "condition": condition, "seed": seed, "history": history}
+
+    runs = [
+        # Condition c, seed 1: the best final accuracy is 0.95, the target 0.855.
+        run("plstm", [0.1, 0.5, 0.85, 0.9, 0.95]),  # epoch 4
+        run("lstm", [0.3, 0.32, 0.31, 0.3, 0.3]),  # a low plateau: never
+        run("cfc", [0.1, 0.1, 0.1, 0.1, 0.1]),  # stuck at chance: never
+        # Seed 2 has its own target: 0.9 * 0.6 = 0.54.
+        run("plstm", [0.2, 0.55, 0.5], seed=2),  # epoch 2
+        run("lstm", [0.54, 0.6, 0.6], seed=2),  # exactly the target at epoch 1
+        # Condition d: 0.9 * 0.5 = 0.45; a run without a finite final accuracy sets no target.
+        run("plstm", [0.45, 0.5], condition="d"),  # epoch 1
+        run("lstm", [0.9, float("nan")], condition="d"),  # 0.9 >= 0.45 at epoch 1
+    ]
+    results = {"runs": {str(k): record for k, record in enumerate(runs)}}
+    assert dict(epochs_to_reach(results, 0.9)) == {
+        ("plstm", "c"): [4, 2],
+        ("lstm", "c"): [None, 1],
+        ("cfc", "c"): [None],
+        ("plstm", "d"): [1],
+        ("lstm", "d"): [1],
+    }
+    # With share 0.5 the lstm's plateau (0.3 < 0.475) is still short of the target.
+    assert epochs_to_reach(results, 0.5)[("lstm", "c")] == [None, 1]
+
+
+def test_table_cells_and_claims_from_hand_written_results():
+    config = fusion_config()
+    config.epochs = 3
+
+    def run(model, condition, accuracies, at_30=None):
+        history = [
+            {"epoch": k + 1, "test_acc": a, "updates_per_neuron": 50.0}
+            for k, a in enumerate(accuracies)
+        ]
+        if at_30 is not None:
+            history[-1][f"{fusion.TEST_RATE_SET}_acc"] = at_30
+        record = {"model": model, "condition": condition, "seed": 1, "epochs": 3}
+        return f"{model}-{condition}-seed1", {**record, "history": history, "final": history[-1]}
 
     results = {
-        "runs": {
-            "a": run("plstm", [0.1, 0.5, 0.85, 0.9, 0.95]),  # 0.9 * 0.95 = 0.855: epoch 4
-            "b": run("plstm", [0.3, 0.27]),  # 0.243: epoch 1
-            "c": run("lstm", [0.2, 0.9, 0.5, 1.0]),  # 0.9: epoch 2
-            "d": run("lstm", [0.2, float("nan")]),  # no final accuracy: left out
-        }
+        "runs": dict(
+            [
+                run("plstm", "fused", [0.2, 0.8, 0.9], at_30=0.88),  # target 0.81: epoch 3
+                run("lstm", "fused", [0.1, 0.1, 0.1], at_30=0.1),  # never
+                run("bnlstm-input", "fused", [0.82, 0.85, 0.86], at_30=0.80),  # epoch 1
+                run("plstm", "audio", [0.3, 0.4, 0.46]),  # target 0.45: epoch 3
+                run("lstm", "audio", [0.1, 0.1, 0.12]),
+                run("bnlstm-input", "audio", [0.4, 0.46, 0.5]),  # epoch 2
+                run("plstm", "video", [0.3, 0.4, 0.5], at_30=0.5),
+                run("lstm", "video", [0.1, 0.2, 0.3], at_30=0.3),
+                run("bnlstm-input", "video", [0.4, 0.5, 0.9], at_30=0.9),
+            ]
+        )
     }
-    assert dict(epochs_to_reach(results, 0.9)) == {("plstm", "c"): [4, 1], ("lstm", "c"): [2]}
+    markdown = "\n".join(fusion.fusion_tables(TASK, config, results))
+    rows = {tuple(r.split(" | ")[:2]): r for r in markdown.splitlines() if r.startswith("| ")}
+    plstm = rows[("| audio + video", "Phased LSTM")]
+    assert "| 90.0 (1 seed) | 88.0 (1 seed) | -2.0 (1 seed) | 3.0 (1 seed) |" in plstm
+    assert "| not reached |" in rows[("| audio + video", "LSTM")]
+    assert (
+        "| 2.0 (1 seed) |" in rows[("| audio alone", "BN-LSTM (input BN, as the authors ran it)")]
+    )
+    assert "| 3.0 (1 seed) |" in rows[("| audio alone", "Phased LSTM")]
+    # Fusion: the Phased LSTM and the LSTM are met, the BN-LSTM's video alone (90) beats its
+    # fusion (86). Convergence: 3 against 4 (never: one past the 3 epochs) and 1. At 30 Hz:
+    # -2 against 0 and -6.
+    assert "Phased LSTM 90.0 against 46.0 (audio) and 50.0 (video) (met)" in markdown
+    assert "LSTM 10.0 against 12.0 (audio) and 30.0 (video) (**missed**)" in markdown
+    assert "86.0 against 50.0 (audio) and 90.0 (video) (**missed**)" in markdown
+    assert "counts as 4): Phased LSTM 3.0, LSTM 4.0, BN-LSTM" in markdown
+    assert "(input BN, as the authors ran it) 1.0 (**missed**)." in markdown
+    assert (
+        "Phased LSTM -2.0, LSTM +0.0, BN-LSTM (input BN, as the authors ran it) -6.0 " in markdown
+    )
 
 
 # The CLI ------------------------------------------------------------------------------------
@@ -345,8 +417,8 @@ def test_espeak_phrases_as_the_audio_stream():
     assert abs(np.median(gaps(examples.audio)) - 10.0) < 0.2
     for (times, mfcc), (video_times, _) in zip(examples.audio, examples.video, strict=True):
         assert mfcc.shape == (times.size, 13) and np.all(np.isfinite(mfcc))
-        # The phrase stretched to 0.8-1.2 s, with 50-250 ms of silence on either side.
-        assert 880.0 <= times[-1] - times[0] <= 1712.0
+        # The phrase fitted to 0.4-0.6 s, with 25-125 ms of silence on either side.
+        assert 428.0 <= times[-1] - times[0] <= 852.0
         assert abs(video_times[-1] - times[-1]) <= 64.0
     bank = fusion.speech_bank()
     assert len(bank.frames) == 5 * 27 and bank.per_word == 27

@@ -39,7 +39,8 @@ class ModelSpec:
         period_range: Phased LSTM period initialisation, log-uniform in it.
         shift_range: Phased LSTM shift initialisation, ``None`` for U(0, period).
         learn_r_on: train the open ratio too, as the authors' code did (all three time-gate
-            parameters learnable); r_on starts at 0.05 either way.
+            parameters learnable).
+        r_on: the Phased LSTM's initial open ratio (0.05 in the paper's tasks).
         time_as_input: the baselines read the timestamp as an extra input channel.
         max_steps: longest sequence of the task (per-step statistics of the recurrent BN-LSTM).
         grad_clip: bound on the gradient of the gate pre-activations inside the recurrence
@@ -58,6 +59,7 @@ class ModelSpec:
     period_range: tuple[float, float] = (math.e, math.e**3)
     shift_range: tuple[float, float] | None = None
     learn_r_on: bool = True
+    r_on: float = 0.05
     time_as_input: bool = True
     max_steps: int = 1250
     grad_clip: float | None = None
@@ -90,7 +92,7 @@ class PhasedLSTMEncoder(nn.Module):
             spec.hidden_size,
             batch_first=True,
             peepholes=True,
-            r_on=0.05,
+            r_on=spec.r_on,
             period_range=spec.period_range,
             shift_range=spec.shift_range,
             learn_r_on=spec.learn_r_on,
