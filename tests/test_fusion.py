@@ -246,7 +246,7 @@ def test_epochs_to_reach_a_share_of_the_best_final_accuracy():
 
 def test_table_cells_and_claims_from_hand_written_results():
     config = fusion_config()
-    config.epochs = 3
+    config.epochs, config.test_samples = 3, 500
 
     def run(model, condition, accuracies, at_30=None):
         history = [
@@ -282,17 +282,25 @@ def test_table_cells_and_claims_from_hand_written_results():
         "| 2.0 (1 seed) |" in rows[("| audio alone", "BN-LSTM (input BN, as the authors ran it)")]
     )
     assert "| 3.0 (1 seed) |" in rows[("| audio alone", "Phased LSTM")]
-    # Fusion: the Phased LSTM and the LSTM are met, the BN-LSTM's video alone (90) beats its
-    # fusion (86). Convergence: 3 against 4 (never: one past the 3 epochs) and 1. At 30 Hz:
+    # Fusion: met for the Phased LSTM; missed for the LSTM, whose audio alone (12) beats its
+    # fusion (10), and for the BN-LSTM, whose video alone (90) beats its fusion (86).
+    # Convergence: 3 against 4 (never: one past the 3 epochs) and 1. At 30 Hz:
     # -2 against 0 and -6.
     assert "Phased LSTM 90.0 against 46.0 (audio) and 50.0 (video) (met)" in markdown
     assert "LSTM 10.0 against 12.0 (audio) and 30.0 (video) (**missed**)" in markdown
     assert "86.0 against 50.0 (audio) and 90.0 (video) (**missed**)" in markdown
     assert "counts as 4): Phased LSTM 3.0, LSTM 4.0, BN-LSTM" in markdown
     assert "(input BN, as the authors ran it) 1.0 (**missed**)." in markdown
+    # Two standard errors of the BN-LSTM's change: 200 sqrt((0.86 * 0.14 + 0.8 * 0.2) / 500)
+    # = 4.7 points, less than its 6: the Phased LSTM's -2 is measurably worse than the LSTM's 0.
     assert (
         "Phased LSTM -2.0, LSTM +0.0, BN-LSTM (input BN, as the authors ran it) -6.0 " in markdown
     )
+    assert "-6.0 (**missed**)." in markdown
+    # With 100 test utterances every change is within its noise (the BN-LSTM's: 10.6 points).
+    config.test_samples = 100
+    markdown = "\n".join(fusion.fusion_tables(TASK, config, results))
+    assert "-6.0 (not shown: no model's change exceeds two standard errors (10.6 points" in markdown
 
 
 # The CLI ------------------------------------------------------------------------------------
