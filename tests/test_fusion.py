@@ -193,6 +193,18 @@ def test_period_ranges_follow_the_gaps_between_events():
         fusion.period_range("video", r_on=0.05)
 
 
+def test_r_on_option_reaches_the_layer_and_its_period_range():
+    config = fusion_config()
+    assert config.options["r_on"] == fusion.R_ON == 0.2
+    config.options["r_on"] = 0.1
+    spec = TASK.model_spec(config, "plstm", "audio")
+    # suggest_period_range with r_on 0.1: the 10 ms audio gap / 0.1.
+    assert spec.r_on == 0.1 and 99 < spec.period_range[0] < 101
+    period, _, r_on = build_model("plstm", spec).encoder.rnn.time_gate_values()
+    assert torch.allclose(r_on, torch.full_like(r_on, 0.1))
+    assert period.min() >= spec.period_range[0] * (1 - 1e-9)
+
+
 def test_updates_per_neuron():
     config = fusion_config()
     torch.manual_seed(0)

@@ -551,7 +551,8 @@ class FusionTask(Task):
     presets = {
         # 30 epochs is our choice: the number of epochs of the paper's GRID runs is not known.
         "paper": dict(PAPER_PRESET, models=["plstm", "lstm", "bnlstm-input"], epochs=30),
-        # Nine runs within 15 minutes on a 2-core CPU. The authors' training settings, as in
+        # Nine runs within 15 minutes on a 2-core CPU (6 min 13 s measured, two at a time;
+        # docs/reproduction.md says how it was chosen). The authors' training settings, as in
         # the paper preset: nothing here needs the quick presets' parameter clipping, and
         # plain Adam on the stored time gate slowed the Phased LSTM (docs/reproduction.md).
         "quick": dict(
