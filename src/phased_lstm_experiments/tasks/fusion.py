@@ -885,6 +885,7 @@ __all__ = [
     "CLASS_SHAPES",
     "CLASS_WORDS",
     "CONDITION_STREAMS",
+    "R_ON",
     "SPEECH_PHRASES",
     "STREAM_CEILING",
     "TASK",
