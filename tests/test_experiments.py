@@ -173,6 +173,17 @@ def test_authors_initialisation():
 
 
 @pytest.mark.parametrize("name", ["plstm", "lstm", "bnlstm-input", "bnlstm"])
+def test_forget_gate_bias(name):
+    spec = ModelSpec(input_size=1, num_outputs=2, classify=True, hidden_size=4, max_steps=5)
+    for forget_bias in (0.0, 1.0):
+        model = build_model(name, dataclasses.replace(spec, forget_bias=forget_bias))
+        rnn = model.encoder.rnn
+        bias = {"plstm": "bias_ih_l0", "bnlstm": "bias"}.get(name, "bias_ih")
+        expected = torch.tensor([-0.1] * 4 + [forget_bias] * 4 + [0.0] * 8)
+        assert torch.equal(getattr(rnn, bias).detach(), expected)
+
+
+@pytest.mark.parametrize("name", ["plstm", "lstm", "bnlstm-input", "bnlstm"])
 def test_gate_gradient_clipping_reaches_the_recurrence(name):
     # The gradient of a recurrent bias sums the gate gradients over steps and samples, so with
     # the gate gradient clipped at c it is at most c * L * N; without clipping it is far more.

@@ -39,12 +39,17 @@ class ModelSpec:
         period_range: Phased LSTM period initialisation, log-uniform in it.
         shift_range: Phased LSTM shift initialisation, ``None`` for U(0, period).
         learn_r_on: train the open ratio too, as the authors' code did (all three time-gate
-            parameters learnable); r_on starts at 0.05 either way.
+            parameters learnable).
+        r_on: the Phased LSTM's initial open ratio (0.05 in the paper's tasks).
         time_as_input: the baselines read the timestamp as an extra input channel.
         max_steps: longest sequence of the task (per-step statistics of the recurrent BN-LSTM).
         grad_clip: bound on the gradient of the gate pre-activations inside the recurrence
             (Lasagne's ``grad_clipping``, as the authors trained), or ``None``; models not in
             :data:`GATE_CLIP_MODELS` ignore it.
+        forget_bias: the forget gate's initial bias in the LSTM-family models. 0 as in the
+            authors' code, where a neuron's memory halves at every step until training moves
+            it; 1 (Gers et al. 2000) starts with memory that lasts a few steps more. CfC
+            ignores it.
     """
 
     input_size: int
@@ -54,9 +59,11 @@ class ModelSpec:
     period_range: tuple[float, float] = (math.e, math.e**3)
     shift_range: tuple[float, float] | None = None
     learn_r_on: bool = True
+    r_on: float = 0.05
     time_as_input: bool = True
     max_steps: int = 1250
     grad_clip: float | None = None
+    forget_bias: float = 0.0
 
 
 class SequenceModel(nn.Module):
@@ -85,13 +92,13 @@ class PhasedLSTMEncoder(nn.Module):
             spec.hidden_size,
             batch_first=True,
             peepholes=True,
-            r_on=0.05,
+            r_on=spec.r_on,
             period_range=spec.period_range,
             shift_range=spec.shift_range,
             learn_r_on=spec.learn_r_on,
             grad_clip=spec.grad_clip,
         )
-        authors_init(self.rnn, suffix="_l0")
+        authors_init(self.rnn, suffix="_l0", forget_bias=spec.forget_bias)
 
     def forward(self, values: Tensor, times: Tensor, lengths: Tensor) -> Tensor:
         _, (h_n, _) = self.rnn(values, times, lengths=lengths)
@@ -105,7 +112,13 @@ class PeepholeLSTM(nn.Module):
     shut (``k = 0``) on padding, so the state at the last valid step is carried to the end.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, grad_clip: float | None = None):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        grad_clip: float | None = None,
+        forget_bias: float = 0.0,
+    ):
         super().__init__()
         self.hidden_size = hidden_size
         self.grad_clip = grad_clip
@@ -114,7 +127,7 @@ class PeepholeLSTM(nn.Module):
         self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size))
         self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size))
         self.weight_ch = nn.Parameter(torch.empty(3 * hidden_size))
-        authors_init(self)
+        authors_init(self, forget_bias=forget_bias)
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
         """``x`` (N, L, H_in), ``lengths`` (N,) -> state at the last valid step (N, H)."""
@@ -179,7 +192,7 @@ class LSTMEncoder(nn.Module):
         features = spec.input_size + int(spec.time_as_input)
         self.time_as_input = spec.time_as_input
         self.input_norm = MaskedBatchNorm(features) if input_norm else None
-        self.rnn = PeepholeLSTM(features, spec.hidden_size, spec.grad_clip)
+        self.rnn = PeepholeLSTM(features, spec.hidden_size, spec.grad_clip, spec.forget_bias)
 
     def forward(self, values: Tensor, times: Tensor, lengths: Tensor) -> Tensor:
         x = baseline_input(values, times, self.time_as_input)
@@ -277,7 +290,12 @@ class RecurrentBNLSTM(nn.Module):
     """
 
     def __init__(
-        self, input_size: int, hidden_size: int, max_steps: int, grad_clip: float | None = None
+        self,
+        input_size: int,
+        hidden_size: int,
+        max_steps: int,
+        grad_clip: float | None = None,
+        forget_bias: float = 0.0,
     ):
         super().__init__()
         self.hidden_size = hidden_size
@@ -293,6 +311,7 @@ class RecurrentBNLSTM(nn.Module):
             self.weight_hh.normal_(0.0, _INIT_STD)
             self.bias.zero_()
             self.bias[:hidden_size] = _INPUT_GATE_BIAS
+            self.bias[hidden_size : 2 * hidden_size] = forget_bias
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
         """``x`` (N, L, H_in), ``lengths`` (N,) -> state at the last valid step (N, H)."""
@@ -329,7 +348,9 @@ class RecurrentBNLSTMEncoder(nn.Module):
         super().__init__()
         self.time_as_input = spec.time_as_input
         features = spec.input_size + int(spec.time_as_input)
-        self.rnn = RecurrentBNLSTM(features, spec.hidden_size, spec.max_steps, spec.grad_clip)
+        self.rnn = RecurrentBNLSTM(
+            features, spec.hidden_size, spec.max_steps, spec.grad_clip, spec.forget_bias
+        )
 
     def forward(self, values: Tensor, times: Tensor, lengths: Tensor) -> Tensor:
         return self.rnn(baseline_input(values, times, self.time_as_input), lengths)
@@ -377,16 +398,19 @@ def baseline_input(values: Tensor, times: Tensor, time_as_input: bool) -> Tensor
     return torch.cat([values, times.to(values.dtype).unsqueeze(-1)], dim=-1)
 
 
-def authors_init(module: nn.Module, suffix: str = "") -> None:
+def authors_init(module: nn.Module, suffix: str = "", forget_bias: float = 0.0) -> None:
     """Lasagne's defaults as the authors used them: N(0, 0.1) weights and peepholes, zero
-    biases but the input gate's -0.1 (one bias vector: ``bias_hh`` is zeroed)."""
+    biases but the input gate's -0.1 (one bias vector: ``bias_hh`` is zeroed); ``forget_bias``
+    for the forget gate (0 in the authors' code)."""
     with torch.no_grad():
         for name in ("weight_ih", "weight_hh", "weight_ch"):
             getattr(module, name + suffix).normal_(0.0, _INIT_STD)
         bias_ih, bias_hh = getattr(module, "bias_ih" + suffix), getattr(module, "bias_hh" + suffix)
         bias_ih.zero_()
         bias_hh.zero_()
-        bias_ih[: bias_ih.shape[0] // 4] = _INPUT_GATE_BIAS
+        hidden = bias_ih.shape[0] // 4
+        bias_ih[:hidden] = _INPUT_GATE_BIAS
+        bias_ih[hidden : 2 * hidden] = forget_bias
 
 
 _ENCODERS: dict[str, Callable[[ModelSpec], nn.Module]] = {

@@ -47,6 +47,37 @@ def final_metric(results: dict, metric: str) -> dict[tuple[str, str], list[float
     return table
 
 
+def epochs_to_reach(
+    results: dict, share: float = 0.9, metric: str = "test_acc"
+) -> dict[tuple[str, str], list[int | None]]:
+    """(model, condition) -> per seed, the first epoch (1-based) whose ``metric`` reached
+    ``share`` of the best last-epoch ``metric`` among the models of that condition and seed,
+    or ``None`` where it never did.
+
+    One target for every model of a comparison: a run's own last epoch would be no target at
+    all, since a run stuck at chance, or on a low plateau, "reaches" its own level at once.
+    Runs whose last epoch has no finite ``metric`` set no target."""
+    finals: dict[tuple[str, int], float] = {}
+    for record in results["runs"].values():
+        history = record["history"]
+        final = history[-1].get(metric, math.nan) if history else math.nan
+        if math.isfinite(final):
+            key = (record["condition"], record["seed"])
+            finals[key] = max(finals.get(key, -math.inf), final)
+    table: dict[tuple[str, str], list[int | None]] = defaultdict(list)
+    for record in results["runs"].values():
+        target = finals.get((record["condition"], record["seed"]))
+        if target is None or not record["history"]:
+            continue
+        reached = (
+            row["epoch"]
+            for row in record["history"]
+            if row.get(metric, -math.inf) >= share * target
+        )
+        table[(record["model"], record["condition"])].append(next(reached, None))
+    return table
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     if not values:
         return math.nan, math.nan
@@ -139,15 +170,16 @@ def open_share_lines(task: Task, config: ExperimentConfig, results: dict) -> lis
     return lines
 
 
-def model_protocol_lines(gate_init: str, baseline_input: str) -> list[str]:
+def model_protocol_lines(gate_init: str, baseline_input: str, r_on: float = 0.05) -> list[str]:
     """The "Protocol actually run" bullets on the models, shared by the tasks of this paper:
-    ``gate_init`` is the time gate's initialisation, ``baseline_input`` what the baselines read.
+    ``gate_init`` is the time gate's initialisation, ``baseline_input`` what the baselines read,
+    ``r_on`` the Phased LSTM's initial open ratio.
     """
     return [
-        f"- Phased LSTM: {gate_init}, r_on 0.05 and learned (the authors' code learns all three "
-        "time-gate parameters), leak 1e-3 in training, peepholes; every LSTM-family model starts "
-        "from the authors' Lasagne initialisation (weights N(0, 0.1), input-gate bias -0.1); "
-        "read-out: dense layer on the last valid step (leaky ReLU for the classes)",
+        f"- Phased LSTM: {gate_init}, r_on {r_on:g} and learned (the authors' code learns all "
+        "three time-gate parameters), leak 1e-3 in training, peepholes; every LSTM-family model "
+        "starts from the authors' Lasagne initialisation (weights N(0, 0.1), input-gate bias "
+        "-0.1); read-out: dense layer on the last valid step (leaky ReLU for the classes)",
         f"- baselines read {baseline_input}; training batches are random draws of the generator, "
         "padded to their longest example and masked",
     ]
@@ -185,9 +217,12 @@ def accuracy_bars(
     results: dict,
     paper: Callable[[str, str], float] | None = None,
     paper_label: str = "paper",
+    *,
+    ylim: tuple[float, float] = (40, 102),
 ):
     """Final test accuracy per condition and model, error bars over seeds; the paper's value
-    ``paper(condition, model)`` (NaN where it has none) as a black mark."""
+    ``paper(condition, model)`` (NaN where it has none) as a black mark. ``ylim`` in %: the
+    default suits two classes."""
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -216,14 +251,21 @@ def accuracy_bars(
     axis.set_xticks(range(len(config.conditions)))
     axis.set_xticklabels([task.condition_titles.get(c, c) for c in config.conditions], fontsize=8)
     axis.set_ylabel("test accuracy (%)")
-    axis.set_ylim(40, 102)
+    axis.set_ylim(*ylim)
     axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
     axis.set_title(f"test accuracy after {epochs_text(config, results)}", fontsize=9)
     return figure
 
 
-def learning_curves(task: Task, config: ExperimentConfig, results: dict):
-    """Test accuracy per epoch, one panel per condition, mean and std band over seeds."""
+def learning_curves(
+    task: Task,
+    config: ExperimentConfig,
+    results: dict,
+    *,
+    ylim: tuple[float, float] = (40, 101),
+):
+    """Test accuracy per epoch, one panel per condition, mean and std band over seeds; ``ylim``
+    in % (the default suits two classes)."""
     import matplotlib.pyplot as plt
 
     curves = history_curves(results, "test_acc")
@@ -236,7 +278,7 @@ def learning_curves(task: Task, config: ExperimentConfig, results: dict):
                 plot_band(axis, runs, 100.0, color=COLORS.get(model), label=model_title(model))
         axis.set_title(task.condition_titles.get(condition, condition), fontsize=9)
         axis.set_xlabel("epoch")
-        axis.set_ylim(40, 101)
+        axis.set_ylim(*ylim)
     axes[0][0].set_ylabel("test accuracy (%)")
     handles = {}
     for axis in axes[0]:
@@ -254,6 +296,7 @@ __all__ = [
     "accuracy_table",
     "cell",
     "epochs_text",
+    "epochs_to_reach",
     "final_metric",
     "history_curves",
     "learning_curves",

@@ -3,11 +3,13 @@
 :mod:`.synthetic` holds the generators of the paper's synthetic tasks, as padded tensors ready
 for the layer. :mod:`.events` reads and writes event recordings in the N-MNIST file format,
 :mod:`.nmnist` serves them as a torch Dataset and :mod:`.transforms` holds the event transforms
-and the collate that pads recordings for the layer.
+and the collate that pads recordings for the layer. :mod:`.streams` merges sensors that tick at
+their own rates into one sequence.
 """
 
 from .events import EVENT_DTYPE, SENSOR_SIZE, read_nmnist, write_nmnist
 from .nmnist import NMNIST
+from .streams import merge_stream_batch, merge_streams
 from .synthetic import FREQUENCY_CONDITIONS, adding_task, frequency_task, two_frequency_task
 from .transforms import (
     NUM_ADDRESSES,
@@ -38,6 +40,8 @@ __all__ = [
     "collate_events",
     "event_address",
     "frequency_task",
+    "merge_stream_batch",
+    "merge_streams",
     "read_nmnist",
     "subsample_events",
     "time_window",
