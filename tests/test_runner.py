@@ -364,6 +364,34 @@ def test_progress_bar_on_a_terminal_redraws_one_line():
 # Interruptions of parallel runs --------------------------------------------------------------
 
 
+def test_pool_interrupted_while_starting_ends_the_started_workers(monkeypatch):
+    """Ctrl-C or SIGTERM between two worker starts: the worker already started is ended (it
+    would otherwise fail loudly, its parent gone) and the interruption goes on up."""
+    import multiprocessing
+
+    from phased_lstm_experiments import runner
+
+    real = multiprocessing.get_context("spawn")
+    started = []
+
+    class Context:
+        Pipe = staticmethod(real.Pipe)
+
+        def Process(self, *args, **kwargs):  # noqa: N802 (multiprocessing's name)
+            if started:
+                raise KeyboardInterrupt
+            process = real.Process(target=time.sleep, args=(60,))
+            started.append(process)
+            return process
+
+    monkeypatch.setattr(runner.multiprocessing, "get_context", lambda method: Context())
+    with pytest.raises(KeyboardInterrupt):
+        runner._WorkerPool(2, {}, "unused", resume=False)
+    assert len(started) == 1
+    started[0].join(timeout=10)
+    assert not started[0].is_alive() and started[0].exitcode == -signal.SIGKILL
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 @pytest.mark.parametrize("moment", ["workers-starting", "main-killed"])
 def test_interrupted_parallel_run_leaves_no_process(tmp_path, moment):

@@ -427,7 +427,10 @@ def _run_parallel(config, pending, jobs, out, resume, record, progress) -> None:
     )
     order = sorted(pending, key=lambda run: -config.run_cost(run[1]))
     progress.say(f"running {len(order)} runs in {jobs} processes of {threads} threads")
-    pool = _WorkerPool(jobs, worker_config.to_dict(), str(out), resume)
+    try:
+        pool = _WorkerPool(jobs, worker_config.to_dict(), str(out), resume)
+    except KeyboardInterrupt:
+        raise Interrupted(_INTERRUPTED) from None
     try:
         pool.run(deque(order), record, progress.handle)
     except KeyboardInterrupt:
@@ -466,8 +469,16 @@ class _WorkerPool:
                     name=f"phased-lstm-worker-{index}",
                 )
                 process.start()
-                child_end.close()
                 self.workers.append(_Worker(process, parent_end))
+                child_end.close()
+        except BaseException:
+            # Interrupted while starting them: a worker still unpickling its pipe would fail
+            # loudly (EOFError) once this process is gone, so end the started ones first.
+            for worker in self.workers:
+                worker.process.kill()
+                worker.process.join(timeout=5)
+                worker.conn.close()
+            raise
         finally:
             signal.signal(signal.SIGINT, previous)
 
