@@ -55,9 +55,9 @@ def load_run(folder: Path, seed: int | None) -> tuple[EventSequenceModel, Experi
         raise SystemExit(f"--run {folder}: no Phased LSTM checkpoint for seeds {seeds}")
     network = TASK.build_model("plstm", TASK.model_spec(config, "plstm", CONDITION))
     # A checkpoint that phased-lstm wrote: tensors, numbers and the per-epoch history.
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-    network.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
-    print(f"loaded {checkpoint} (epoch {config.epochs} of {config.preset!r}, seed {candidate})")
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    network.load_state_dict({k.removeprefix("model."): v for k, v in saved["state_dict"].items()})
+    print(f"loaded {checkpoint} (after epoch {saved['epoch'] + 1}, seed {candidate})")
     return network.eval(), config
 
 
