@@ -61,7 +61,9 @@ def load_run(folder: Path, seed: int | None) -> tuple[EventSequenceModel, Experi
     return network.eval(), config
 
 
-def train_tiny(root: str | None, hidden: int, batches: int) -> tuple[EventSequenceModel, str]:
+def train_tiny(
+    root: str | None, hidden: int, batches: int
+) -> tuple[EventSequenceModel, ExperimentConfig]:
     """A small Phased LSTM trained for ``batches`` batches of 16 digits (seconds)."""
     config = preset_config("nmnist", "quick")
     config.options["data"] = root  # None: N-MNIST-sim, built on first use
@@ -70,7 +72,7 @@ def train_tiny(root: str | None, hidden: int, batches: int) -> tuple[EventSequen
     print(f"no --run given: training a Phased LSTM of {hidden} units on {batches} batches")
     torch.manual_seed(0)
     network = TASK.build_model("plstm", TASK.model_spec(config, "plstm", CONDITION))
-    optimizer = torch.optim.Adam(network.parameters(), lr=3e-3)
+    optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
     data = TASK.train_data(config, "plstm", CONDITION, seed=0, epoch=0)
     loader = torch.utils.data.DataLoader(data, batch_size=16, collate_fn=collate_events)
     for addresses, times, lengths, labels in loader:
@@ -78,7 +80,7 @@ def train_tiny(root: str | None, hidden: int, batches: int) -> tuple[EventSequen
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return network.eval(), config.options["data"]
+    return network.eval(), config
 
 
 def stream_digit(network: EventSequenceModel, events: np.ndarray, label: int, every: int):
@@ -139,10 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.run is not None:
         network, config = load_run(args.run, args.seed)
-        root = args.data or config.options["data"]
     else:
-        network, root = train_tiny(args.data, args.hidden, args.train_batches)
-    test = NMNIST(root, train=False, transform=SubsampleEvents(RATE, seed=0))
+        network, config = train_tiny(args.data, args.hidden, args.train_batches)
+    root = args.data or config.options["data"]
+    # The events the model was trained on: rho = 0.75 of the share of events the run kept.
+    share = config.options.get("event_share", 1.0)
+    test = NMNIST(root, train=False, transform=SubsampleEvents(RATE * share, seed=0))
     if not 0 <= args.digit < len(test):
         raise SystemExit(f"--digit must lie in [0, {len(test) - 1}], got {args.digit}")
     events, label = test[args.digit]

@@ -67,9 +67,10 @@ def tiny_preset(monkeypatch):
     monkeypatch.setitem(TASK.presets, "tiny", TINY_PRESET)
 
 
-def tiny_config(root: Path, **changes):
+def tiny_config(root: Path, share: float = 1.0, **changes):
+    """The quick preset on ``root``, every event kept (``share``) unless told."""
     config = preset_config("nmnist", "quick")
-    config.options["data"] = str(root)
+    config.options.update(data=str(root), event_share=share)
     for name, value in changes.items():
         setattr(config, name, value)
     return TASK.prepare(config)
@@ -91,17 +92,20 @@ def test_runs_conditions_and_presets():
     # The paper preset trains as the authors did; the quick one as the other quick presets.
     assert preset_config("nmnist", "paper").gradient_clip_mode == "gates"
     assert preset_config("nmnist", "quick").time_gate_adam == "stored"
+    # Every event of a recording unless --event-share says otherwise.
+    for preset in ("quick", "paper"):
+        assert preset_config("nmnist", preset).options["event_share"] == 1.0
 
 
 def test_prepare_settles_the_data_folder_and_the_sizes(tiny, monkeypatch, capsys):
     config = preset_config("nmnist", "paper")
-    assert config.options == {"data": None}
+    assert config.options == {"data": None, "event_share": 1.0}
     calls = []
     monkeypatch.setattr(
         "phased_lstm_experiments.nmnist_sim.ensure_nmnist_sim", lambda: calls.append(1) or tiny
     )
     prepared = TASK.prepare(config)
-    assert calls == [1] and prepared.options == {"data": str(tiny)}
+    assert calls == [1] and prepared.options == {"data": str(tiny), "event_share": 1.0}
     # Clamped to what the tiny dataset holds: 10 training and 10 test digits.
     assert (prepared.samples_per_epoch, prepared.test_samples) == (10, 10)
     assert "N-MNIST-sim (recordings synthesised from real MNIST digits" in capsys.readouterr().err
@@ -154,6 +158,43 @@ def test_three_test_sets_nested_and_the_same_for_every_model(tiny):
         len(reseeded[k][0]) != len(by_file["test_rate40"][files[i]])
         for k, i in enumerate(reseeded.indices)
     )
+
+
+def test_the_event_share_thins_every_rate_alike(tiny):
+    full = tiny_config(tiny)
+    half = tiny_config(tiny, share=0.5)
+    files = NMNIST(tiny, train=False).files
+    total = sum(len(read_nmnist(path)) for path in files)
+    for name, rate in (("test", 0.75), ("test_rate40", 0.4), ("test_rate100", 1.0)):
+        kept = TASK.test_data(half, "plstm", "rate75", seed=1)[name]
+        every = TASK.test_data(full, "plstm", "rate75", seed=1)[name]
+        assert list(kept.indices) != [] and sorted(kept.indices) == sorted(every.indices)
+        by_file = {files[i]: every[k][0] for k, i in enumerate(every.indices)}
+        count = 0
+        for k, i in enumerate(kept.indices):
+            events = kept[k][0]
+            # The thinned events are among those the same rate keeps without thinning.
+            assert np.isin(events["t"], by_file[files[i]]["t"]).all()
+            count += len(events)
+        assert count / total == pytest.approx(0.5 * rate, abs=0.02), name
+    training = TASK.train_data(half, "plstm", "rate75", seed=1, epoch=0)
+    count = sum(len(training[k][0]) for k in range(len(training)))
+    total = sum(len(read_nmnist(NMNIST(tiny).files[i])) for i in training.indices)
+    assert count / total == pytest.approx(0.375, abs=0.02)
+    # The CNN counts the same thinned events.
+    frames = TASK.test_data(half, "cnn", "rate75", seed=1)["test"]
+    events = TASK.test_data(half, "plstm", "rate75", seed=1)["test"]
+    position = list(events.indices).index(frames.indices[0])
+    assert frames[0][0].sum() == len(events[position][0])
+
+
+@pytest.mark.parametrize("text", ["0", "1.5", "-0.2", "half", "nan"])
+def test_event_share_must_lie_in_zero_to_one(tmp_path, capsys, text):
+    with pytest.raises(SystemExit):
+        run_cli("nmnist", "--event-share", text, "--out", str(tmp_path / "out"))
+    error = capsys.readouterr().err
+    assert f"argument --event-share: expected a number in (0, 1], got {text!r}" in error
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_cnn_reads_frames_of_the_same_events(tiny):
@@ -278,7 +319,7 @@ def tiny_run(tiny, tmp_path_factory):
 
 def test_cli_end_to_end(tiny, tiny_run):
     config = json.loads((tiny_run / "config.json").read_text())
-    assert config["options"] == {"data": str(tiny)}
+    assert config["options"] == {"data": str(tiny), "event_share": 1.0}
     assert (config["samples_per_epoch"], config["test_samples"]) == (10, 10)
     results = json.loads((tiny_run / "results.json").read_text())
     assert sorted(results["runs"]) == [
@@ -307,6 +348,43 @@ def test_cli_end_to_end(tiny, tiny_run):
     assert f"| accuracy after epoch 1 | {accuracy:.1f} (1 seed) |" in markdown
     for figure in ("event_digits.png", "learning_curves.png", "updates_per_neuron.png"):
         assert (tiny_run / figure).stat().st_size > 0
+
+
+def test_resume_adds_epochs_and_refuses_another_share(tiny, tiny_run, tmp_path, capsys):
+    out = tmp_path / "resumed"
+    shutil.copytree(tiny_run, out)
+    before = json.loads((out / "results.json").read_text())["runs"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(TASK.presets, "tiny", TINY_PRESET)
+        args = ["nmnist", "--preset", "tiny", "--data", str(tiny), "--jobs", "1",
+                "--threads", "1", "--no-progress-bar", "--out", str(out)]  # fmt: skip
+        run_cli(*args, "--models", "plstm", "--resume", "--epochs", "2")
+        after = json.loads((out / "results.json").read_text())["runs"]
+        plstm = after["plstm-rate75-seed1"]
+        # The first epoch is kept as it was; the second continues from its checkpoint.
+        assert [h["epoch"] for h in plstm["history"]] == [1, 2]
+        assert plstm["history"][0] == before["plstm-rate75-seed1"]["history"][0]
+        assert after["lstm-rate75-seed1"] == before["lstm-rate75-seed1"]
+        assert set(plstm["measures"]) >= {"inference_dense_ms", "inference_sparse_ms"}
+        # The share is part of the protocol.
+        with pytest.raises(SystemExit, match=r"--event-share was 1.0, now 0.5"):
+            run_cli(*args, "--event-share", "0.5", "--resume")
+
+
+def test_paper_preset_dry_run_prints_an_estimate(tiny, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(estimate, "time_batches", lambda *args: 0.5)
+    out = tmp_path / "paper"
+    run_cli("nmnist", "--preset", "paper", "--data", str(tiny), "--jobs", "2", "--out", str(out),
+            "--dry-run")  # fmt: skip
+    err = capsys.readouterr().err
+    # Clamped to the tiny dataset: 10 training digits (1 batch of 16) and 10 test digits.
+    assert "12 runs (bnlstm-input, lstm, plstm, cnn x rate75 x seeds 1, 2, 3)" in err
+    assert "10 epochs of 10 examples" in err
+    # 12 runs x 10 epochs x 0.5 s x (1 training batch + 2.15 / 0.75 / 3 for the test sets),
+    # on 2 jobs: 59 s.
+    seconds = 12 * 10 * 0.5 * (1 + 2.15 / 0.75 / 3) / 2
+    assert f"estimated time on this machine: {seconds:.0f} s" in err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("folder", ["missing", "empty"])
