@@ -776,6 +776,7 @@ _TEST_SETS = (
 def learning_curves_figure(config, results):
     """Test accuracy per epoch for each model, one panel per test rate."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     figure, axes = plt.subplots(1, len(_TEST_SETS), figsize=(12, 3.4), sharey=True)
     for axis, (metric, title) in zip(axes, _TEST_SETS, strict=True):
@@ -787,6 +788,7 @@ def learning_curves_figure(config, results):
                 plot_band(axis, runs, 100.0, markersize=3, **style)
         axis.set_title(title, fontsize=9)
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs only
         axis.set_ylim(0, 100)
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (%)")
