@@ -285,8 +285,9 @@ def _format_duration(seconds: float) -> str:
 
 def estimate_seconds(config: ExperimentConfig, batches: int = 3) -> float:
     """Wall time of all of ``config``'s runs, extrapolated from a few timed training batches of
-    each (model, condition) on one device; evaluation counts as a third of a training batch, and
-    ``jobs`` processes, timed with the threads each will have, divide the total."""
+    each (model, condition) on one device; a test batch counts as the task's
+    ``evaluation_cost`` of a training batch (a third by default), and ``jobs`` processes, timed
+    with the threads each will have, divide the total."""
     import torch
 
     from .estimate import time_batches
@@ -301,11 +302,12 @@ def estimate_seconds(config: ExperimentConfig, batches: int = 3) -> float:
         if (model, condition) not in per_batch:
             per_batch[(model, condition)] = time_batches(config, model, condition, seed, batches)
     test_batches = math.ceil(config.test_samples / config.batch_size)
+    evaluation = test_batches * TASKS[config.experiment].evaluation_cost(config)
     total = 0.0
     for model, condition, _ in config.runs():
         train_batches = math.ceil(config.samples_for(condition) / config.batch_size)
         seconds = per_batch[(model, condition)]
-        total += config.epochs * seconds * (train_batches + test_batches / 3)
+        total += config.epochs * seconds * (train_batches + evaluation)
     return total / jobs
 
 
@@ -324,6 +326,8 @@ def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     )
 
     try:
+        # Before the check of --out: the protocol that --resume compares is the settled one.
+        config = TASKS[config.experiment].prepare(config)
         if is_global_zero():
             # Refuse a wrong --out before spending minutes on the estimate.
             prepare_output(config, out, args.resume)

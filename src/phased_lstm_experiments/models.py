@@ -76,7 +76,11 @@ class SequenceModel(nn.Module):
         self.classify = classify
 
     def forward(self, values: Tensor, times: Tensor, lengths: Tensor) -> Tensor:
-        out = self.readout(self.encoder(values, times, lengths))
+        return self.head(self.encoder(values, times, lengths))
+
+    def head(self, state: Tensor) -> Tensor:
+        """The read-out of an encoder's state ``(N, H)``: class scores, or predictions."""
+        out = self.readout(state)
         # The authors' classifier is a dense layer with a leaky ReLU before the softmax; the
         # regression target of the adding task can be negative, so its read-out stays linear.
         return F.leaky_relu(out) if self.classify else out.squeeze(-1)

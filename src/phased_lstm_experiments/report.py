@@ -113,8 +113,7 @@ def _protocol_lines(
         "",
         f"- preset `{config.preset}`; this report covers models {', '.join(config.models)}; "
         f"conditions {', '.join(config.conditions)}; seeds {seeds}",
-        f"- {config.epochs} epochs of {_samples_text(config)} fresh training examples, "
-        f"{config.test_samples} fixed test examples, batch {config.batch_size}, "
+        f"- {task.examples_text(config)}, batch {config.batch_size}, "
         f"Adam lr {config.learning_rate:g}, {config.hidden_size} units",
         *options,
         f"- gradient clipping: {_clip_text(config)}",
@@ -165,13 +164,6 @@ def _clip_text(config: ExperimentConfig) -> str:
         f"`gradient_clip_val`, algorithm `value`); the authors clip the gradient of the gate "
         f"pre-activations at ±{bound} inside the recurrence instead"
     )
-
-
-def _samples_text(config: ExperimentConfig) -> str:
-    exceptions = [
-        f"{n} for {c}" for c, n in config.condition_samples.items() if c in config.conditions
-    ]
-    return str(config.samples_per_epoch) + (f" ({', '.join(exceptions)})" if exceptions else "")
 
 
 def _timing_lines(results: dict) -> list[str]:

@@ -268,7 +268,8 @@ def train_run(
     report: Callable[[tuple], None] | None = None,
 ) -> dict:
     """Train one run to ``config.epochs`` (continuing from its last checkpoint) and return its
-    record for ``results.json``. ``report`` receives its progress events (:mod:`.progress`)."""
+    record for ``results.json``, with the task's ``final_measures`` of the trained network as
+    ``measures`` when it has any. ``report`` receives its progress events (:mod:`.progress`)."""
     name = run_name(model, condition, seed)
     run_dir = out / "runs" / name
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
@@ -300,7 +301,7 @@ def train_run(
         raise
     if trainer.interrupted:
         raise interrupted
-    return {
+    record = {
         "model": model,
         "condition": condition,
         "seed": seed,
@@ -308,6 +309,12 @@ def train_run(
         "history": module.history,
         "final": module.history[-1] if module.history else {},
     }
+    if trainer.is_global_zero:
+        task = get_task(config.experiment)
+        measures = task.final_measures(config, model, condition, seed, module.model)
+        if measures:
+            record["measures"] = measures
+    return record
 
 
 def _now() -> str:
@@ -331,6 +338,8 @@ def run_experiment(
     """
     quiet_lightning()
     writer = is_global_zero()
+    # The CLI has prepared it already (the task returns a prepared config unchanged).
+    config = get_task(config.experiment).prepare(config)
     results = prepare_output(config, out, resume) if writer else _fresh_results()
     if config.threads > 0:
         torch.set_num_threads(config.threads)

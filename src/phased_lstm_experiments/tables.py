@@ -23,6 +23,7 @@ MODEL_TITLES = {
     "bnlstm-input": "BN-LSTM (input BN, as the authors ran it)",
     "bnlstm": "BN-LSTM (recurrent BN, Cooijmans et al.)",
     "cfc": "CfC (ncps)",
+    "cnn": "CNN (event frames)",
 }
 COLORS = {
     "plstm": "tab:red",
@@ -30,6 +31,7 @@ COLORS = {
     "bnlstm-input": "tab:blue",
     "bnlstm": "tab:cyan",
     "cfc": "tab:green",
+    "cnn": "tab:olive",
 }
 
 

@@ -7,10 +7,12 @@ instance ``TASK`` (see :mod:`.base` for the interface), then list the module bel
 
 from __future__ import annotations
 
-from . import adding, freq, freq2, fusion
+from . import adding, freq, freq2, fusion, nmnist
 from .base import FigureSpec, Run, SyntheticTask, Task, TaskOption, collate_trimmed
 
-TASKS: dict[str, Task] = {module.TASK.name: module.TASK for module in (freq, freq2, adding, fusion)}
+TASKS: dict[str, Task] = {
+    module.TASK.name: module.TASK for module in (freq, freq2, adding, nmnist, fusion)
+}
 
 
 def get_task(name: str) -> Task:

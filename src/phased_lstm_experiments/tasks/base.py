@@ -122,6 +122,18 @@ class Task:
     paper_protocol: ClassVar[str] = ""
     """The paper's protocol in one sentence, for results.md."""
 
+    # --------------------------------------------------------------------------- prepare
+    def prepare(self, config: ExperimentConfig) -> ExperimentConfig:
+        """Make ready what the runs need, once, in the process that starts them, before any run
+        or estimate; return ``config`` with its values settled (a new object where they change).
+
+        A task whose data must be fetched or built does it here, and may settle its options and
+        sizes from what it found (a default data folder, the number of examples the data holds):
+        the settled values go to ``config.json`` and are what ``--resume`` compares. It must be
+        idempotent: a config it returned comes back unchanged. By default nothing changes.
+        """
+        return config
+
     # ------------------------------------------------------------------------------ runs
     def runs(self, config: ExperimentConfig) -> list[Run]:
         """Every (model, condition, seed) of ``config``, in the order they are run."""
@@ -136,6 +148,12 @@ class Task:
         """A relative measure of one epoch's duration under ``condition`` (the costliest runs
         start first, and the progress display weighs epochs with it)."""
         return float(config.samples_for(condition))
+
+    def evaluation_cost(self, config: ExperimentConfig) -> float:
+        """The time to evaluate one batch of test examples on every test set, in training
+        batches (the ``--dry-run`` estimate). By default a third: one forward pass without the
+        backward, on one test set."""
+        return 1 / 3
 
     # ---------------------------------------------------------------------------- models
     def model_spec(self, config: ExperimentConfig, model: str, condition: str) -> ModelSpec:
@@ -190,7 +208,22 @@ class Task:
         steps = float(lengths.sum())
         return {"update_fraction": (rnn.update_fraction(times, lengths) * steps, steps)}
 
+    def final_measures(
+        self, config: ExperimentConfig, model: str, condition: str, seed: int, network: nn.Module
+    ) -> dict[str, float]:
+        """Measures of a run's trained ``network`` taken once, when its last epoch is done (an
+        inference time, say), recorded as the run's ``measures`` in ``results.json``; none by
+        default. The network may be changed: the run is over."""
+        return {}
+
     # ---------------------------------------------------------------------------- report
+    def examples_text(self, config: ExperimentConfig) -> str:
+        """What one epoch trains on and what is tested, for results.md's protocol."""
+        return (
+            f"{config.epochs} epochs of {_samples_text(config)} fresh training examples, "
+            f"{config.test_samples} fixed test examples"
+        )
+
     def protocol_lines(self, config: ExperimentConfig) -> list[str]:
         """Bullets of results.md's "Protocol actually run" that belong to this task."""
         return []
@@ -202,6 +235,13 @@ class Task:
     def figures(self, config: ExperimentConfig, results: dict) -> list[FigureSpec]:
         """The task's figures, as (file name, draw function) pairs; none by default."""
         return []
+
+
+def _samples_text(config: ExperimentConfig) -> str:
+    exceptions = [
+        f"{n} for {c}" for c, n in config.condition_samples.items() if c in config.conditions
+    ]
+    return str(config.samples_per_epoch) + (f" ({', '.join(exceptions)})" if exceptions else "")
 
 
 class SyntheticTask(Task):
