@@ -442,3 +442,27 @@ def test_example_trains_a_tiny_model_without_a_run(tiny, capsys):
     printed = capsys.readouterr().out
     assert "training a Phased LSTM of 4 units on 1 batches" in printed
     assert "whole recording at once predicts" in printed
+
+
+def test_rate_targets_count_a_gain_as_less_loss_than_a_drop():
+    """The verdicts on hand-built final accuracies: at rho = 1.0 the Phased LSTM gains 2 points
+    where the LSTM gains 1 (met: it lost less); at 0.4 it drops 3 where the LSTM drops 1
+    (missed)."""
+
+    def run(model, first, at75, at40, at100):
+        final = {"test_acc": at75, "test_rate40_acc": at40, "test_rate100_acc": at100}
+        return {"model": model, "condition": "rate75", "history": [{"test_acc": first}],
+                "final": final}  # fmt: skip
+
+    results = {
+        "runs": {
+            "a": run("plstm", 0.5, 0.80, 0.77, 0.82),
+            "b": run("lstm", 0.2, 0.60, 0.59, 0.61),
+        }
+    }
+    config = preset_config("nmnist", "quick")
+    lines = "\n".join(nmnist._target_lines(config, results))
+    assert "tested at rho = 0.4: missed (Phased LSTM +3.00 points; LSTM +1.00)" in lines
+    assert "tested at rho = 1: met (Phased LSTM -2.00 points; LSTM -1.00)" in lines
+    assert "after epoch 1: met" in lines
+    assert f"measured on {config.test_samples} test digits" in lines
