@@ -449,3 +449,20 @@ def test_espeak_phrases_as_the_audio_stream():
     c = audio_video_examples(10, 3, labels=np.full(10, 4), audio="espeak")
     assert _same_stream(a.audio, b.audio) and not _same_stream(a.video, b.video)
     assert _same_stream(b.video, c.video) and not _same_stream(b.audio, c.audio)
+
+
+@pytest.mark.parametrize(
+    ("flag", "text", "expected"),
+    [
+        ("--r-on", "2", "expected a number in (0, 1], got '2'"),
+        ("--r-on", "0", "expected a number in (0, 1], got '0'"),
+        ("--forget-bias", "nan", "expected a finite number, got 'nan'"),
+        ("--forget-bias", "one", "expected a finite number, got 'one'"),
+    ],
+)
+def test_bad_numeric_options_are_refused_before_any_run(tmp_path, capsys, flag, text, expected):
+    """Refused by the parser, naming the flag, before a folder is made or a worker fails."""
+    with pytest.raises(SystemExit):
+        run_cli("fusion", flag, text, "--out", str(tmp_path / "out"))
+    assert f"argument {flag}: {expected}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

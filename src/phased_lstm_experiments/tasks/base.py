@@ -13,6 +13,8 @@ module reads but never imports at run time: the config module imports the regist
 
 from __future__ import annotations
 
+import argparse
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -47,6 +49,28 @@ QUICK_PRESET = {
     "gradient_clip_mode": "value",
     "time_gate_adam": "stored",
 }
+
+
+def fraction_option(text: str) -> float:
+    """A ``TaskOption.type`` for a number in (0, 1] (a share, an open ratio)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def finite_option(text: str) -> float:
+    """A ``TaskOption.type`` for any finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ from ..tables import (
     model_protocol_lines,
     model_title,
 )
-from .base import PAPER_PRESET, QUICK_PRESET, Task, TaskOption
+from .base import PAPER_PRESET, QUICK_PRESET, Task, TaskOption, finite_option, fraction_option
 
 # All times in milliseconds.
 AUDIO_RATE = 100.0
@@ -530,7 +530,7 @@ class FusionTask(Task):
             "forget_bias",
             "initial forget-gate bias of every model; 0 is the authors' initialisation, under "
             "which the LSTM and BN-LSTM stay at chance for many epochs on these sequences",
-            type=float,
+            type=finite_option,
             default=1.0,
             metavar="B",
         ),
@@ -538,7 +538,7 @@ class FusionTask(Task):
             "r_on",
             "initial open ratio of the Phased LSTM's time gate (its periods start from "
             "suggest_period_range with this r_on)",
-            type=float,
+            type=fraction_option,
             default=R_ON,
             metavar="R",
         ),

@@ -55,7 +55,7 @@ from ..tables import (
     model_title,
     plot_band,
 )
-from .base import Task, TaskOption
+from .base import Task, TaskOption, fraction_option
 
 # The event rates (rho: the share of events kept) of the paper's Table 1: training and the main
 # test set at 0.75 (the one condition), the same models also tested at 0.4 and 1.0.
@@ -234,17 +234,6 @@ def data_root_option(text: str) -> str:
     return str(root)
 
 
-def event_share_option(text: str) -> float:
-    """``--event-share SHARE``: a number in (0, 1]."""
-    try:
-        share = float(text)
-    except ValueError:
-        share = math.nan
-    if not 0.0 < share <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
-    return share
-
-
 def _stream_seed(*entropy: int) -> int:
     """An int seed for a transform, drawn from ``entropy`` (a run's seed, a stream, an epoch)."""
     return int(np.random.SeedSequence(list(entropy)).generate_state(1)[0])
@@ -296,7 +285,7 @@ class NMNISTTask(Task):
             "event_share",
             "keep only this share of every recording's events, at every rate (each digit then "
             "keeps rho x SHARE of its events): a shorter protocol for short runs",
-            type=event_share_option,
+            type=fraction_option,
             default=1.0,
             metavar="SHARE",
         ),
