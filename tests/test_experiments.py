@@ -2,10 +2,12 @@
 
 import dataclasses
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import torch
 pytest.importorskip("lightning")
 
 from phased_lstm.data import frequency_task  # noqa: E402
+from phased_lstm_experiments import estimate  # noqa: E402
 from phased_lstm_experiments.cli import main  # noqa: E402
 from phased_lstm_experiments.config import (  # noqa: E402
     ExperimentConfig,
@@ -22,6 +25,7 @@ from phased_lstm_experiments.config import (  # noqa: E402
     parameter_clip,
     preset_config,
 )
+from phased_lstm_experiments.files import ExperimentError  # noqa: E402
 from phased_lstm_experiments.models import (  # noqa: E402
     MaskedBatchNorm,
     ModelSpec,
@@ -320,7 +324,7 @@ def test_cli_adding_and_freq2(tmp_path):
     assert "period and r_on in their own units" in markdown
 
 
-def test_resume_continues_an_interrupted_run(tmp_path):
+def test_resume_continues_an_interrupted_run(tmp_path, capsys):
     out = tmp_path / "resume"
     args = ["freq", "--condition", "async", "--models", "plstm,lstm", *TINY, "--out", str(out)]
     run_cli(*args)
@@ -330,6 +334,10 @@ def test_resume_continues_an_interrupted_run(tmp_path):
     results = read_results(out)
     del results["runs"]["lstm-async-seed1"]
     (out / "results.json").write_text(json.dumps(results))
+    # The estimate of a resumed folder counts what is left: plstm's second epoch (results.json)
+    # and lstm's (its checkpoint), not the first ones again.
+    run_cli(*args, "--resume", "--epochs", "2", "--dry-run")
+    assert "estimated time left on this machine (2 of 4 epochs to train)" in capsys.readouterr().err
     run_cli(*args, "--resume", "--epochs", "2")
     second = read_results(out)
     for name in ("plstm-async-seed1", "lstm-async-seed1"):
@@ -342,6 +350,8 @@ def test_resume_continues_an_interrupted_run(tmp_path):
     # Everything finished: a further resume trains nothing.
     run_cli(*args, "--resume", "--epochs", "2")
     assert read_results(out) == second
+    run_cli(*args, "--resume", "--epochs", "2", "--dry-run")
+    assert "every run is trained already" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])
@@ -431,6 +441,57 @@ def test_paper_preset_prints_its_estimate(tmp_path, capsys):
     assert "5 runs" in err and "70 epochs of 5000 examples" in err
     assert "estimated time on this machine" in err
     assert not (tmp_path / "paper").exists()
+
+
+def test_schedule_hands_each_run_to_the_first_free_worker():
+    # Worker A: 3, then 1 at t=3, then 1 at t=4; worker B: 3, then 1 at t=3: the last ends at 5,
+    # not at the 4.5 of the total shared evenly.
+    assert estimate.schedule_seconds([3, 3, 1, 1, 1], jobs=2) == 5
+    assert estimate.schedule_seconds([1, 5], jobs=2) == 5
+    assert estimate.schedule_seconds([1, 5], jobs=1) == 6
+    assert estimate.schedule_seconds([], jobs=2) == 0
+    assert estimate.schedule_seconds([3, 3, 1, 1, 1], jobs=2, startup=2) == 7
+
+
+def test_run_seconds_scale_the_parts_of_a_miniature():
+    config = preset_config("freq", "quick")
+    config.batch_size, config.samples_per_epoch, config.test_samples = 10, 95, 21
+    config.condition_samples = {"high": 200}
+    timing = estimate.RunTiming(training_batch=2.0, test_pass=1.0, epoch_rest=0.5, fixed=7.0)
+    # 10 training batches, 3 test passes and the rest: 23.5 s an epoch; 2 epochs and the fixed.
+    assert timing.run_seconds(config, "standard", 2) == pytest.approx(7 + 2 * 23.5)
+    assert timing.run_seconds(config, "high", 1) == pytest.approx(7 + 20 * 2 + 3 + 0.5)
+    assert timing.run_seconds(config, "standard", 0) == pytest.approx(7)
+
+
+def test_a_miniature_run_is_timed_in_parts(tmp_path, monkeypatch):
+    config = preset_config("freq", "quick")
+    config.batch_size, config.hidden_size = 4, 8
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    timing = estimate.time_run(config, "plstm", "standard", 1, batches=2)
+    assert timing.training_batch > 0 and timing.test_pass > 0 and timing.fixed > 0
+    assert timing.epoch_rest >= 0
+    # Its checkpoints and logs went to a temporary folder, removed afterwards.
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_runs_are_timed_in_parallel_processes(monkeypatch):
+    """With several jobs, the timing happens in that many other processes at once; each times
+    every pair, and an error in one of them is an ExperimentError, with no process left."""
+    config = preset_config("freq", "quick")
+    config.batch_size, config.hidden_size = 4, 8
+
+    def here(*args):
+        raise AssertionError("timed in the main process")
+
+    monkeypatch.setattr(estimate, "time_run", here)
+    pairs = [("plstm", "standard", 1), ("lstm", "standard", 1)]
+    timed, startup = estimate.time_side_by_side(config, pairs, jobs=2, threads=1, batches=1)
+    assert set(timed) == set(pairs) and 0 < startup < 60
+    assert all(0 < timing.training_batch < 30 for timing in timed.values())
+    with pytest.raises(ExperimentError, match="timing runs for the estimate failed"):
+        estimate.time_side_by_side(config, [("nope", "standard", 1)], jobs=2, threads=1, batches=1)
+    assert multiprocessing.active_children() == []
 
 
 def test_ddp_two_cpu_processes(tmp_path):

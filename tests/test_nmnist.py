@@ -5,6 +5,7 @@ errors, the generic hooks it uses, and examples/stream_nmnist.py."""
 import importlib.util
 import json
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ from phased_lstm.data import (  # noqa: E402
     read_nmnist,
     to_frames,
 )
-from phased_lstm_experiments import cli, estimate  # noqa: E402
+from phased_lstm_experiments import estimate  # noqa: E402
 from phased_lstm_experiments.config import preset_config  # noqa: E402
 from phased_lstm_experiments.models import ModelSpec  # noqa: E402
 from phased_lstm_experiments.nmnist_sim import main as build_sim  # noqa: E402
@@ -372,7 +373,11 @@ def test_resume_adds_epochs_and_refuses_another_share(tiny, tiny_run, tmp_path, 
 
 
 def test_paper_preset_dry_run_prints_an_estimate(tiny, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(estimate, "time_batches", lambda *args: 0.5)
+    def timed(config, pairs, jobs, threads, batches):
+        assert (jobs, threads) == (2, max(1, (os.cpu_count() or 1) // 2))
+        return {pair: estimate.RunTiming(0.5, 0.25, 0.1, 2.0) for pair in pairs}, 4.0
+
+    monkeypatch.setattr(estimate, "time_side_by_side", timed)
     out = tmp_path / "paper"
     run_cli("nmnist", "--preset", "paper", "--data", str(tiny), "--jobs", "2", "--out", str(out),
             "--dry-run")  # fmt: skip
@@ -380,10 +385,10 @@ def test_paper_preset_dry_run_prints_an_estimate(tiny, tmp_path, capsys, monkeyp
     # Clamped to the tiny dataset: 10 training digits (1 batch of 16) and 10 test digits.
     assert "12 runs (bnlstm-input, lstm, plstm, cnn x rate75 x seeds 1, 2, 3)" in err
     assert "10 epochs of 10 examples" in err
-    # 12 runs x 10 epochs x 0.5 s x (1 training batch + 2.15 / 0.75 / 3 for the test sets),
-    # on 2 jobs: 59 s.
-    seconds = 12 * 10 * 0.5 * (1 + 2.15 / 0.75 / 3) / 2
-    assert f"estimated time on this machine: {seconds:.0f} s" in err
+    # A run: 2 s once, then 10 epochs of 1 training batch (0.5 s), 1 test pass (0.25 s) and
+    # 0.1 s besides: 10.5 s; twelve of them on 2 workers that took 4 s to start: 67 s.
+    assert "estimated time on this machine: 67 s" in err
+    assert "(extrapolated from miniatures of the runs, 2 processes at once" in err
     assert not out.exists()
 
 
@@ -405,15 +410,6 @@ def test_data_is_an_option_of_nmnist_only(tiny, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_cli("freq", "--data", str(tiny), "--out", str(tmp_path / "out"))
     assert "argument --data: not an option of freq" in capsys.readouterr().err
-
-
-def test_estimate_counts_the_three_test_sets(tiny, monkeypatch):
-    config = tiny_config(tiny, models=["plstm"], epochs=2, samples_per_epoch=10, test_samples=10)
-    config.trainer.jobs = 1
-    monkeypatch.setattr(estimate, "time_batches", lambda *args: 1.0)
-    # 1 s per training batch: 2 epochs x (1 training batch + 1 test batch, whose three test sets
-    # hold (0.4 + 0.75 + 1) / 0.75 of a training batch's events, at a third of its cost).
-    assert cli.estimate_seconds(config) == pytest.approx(2 * (1 + 2.15 / 0.75 / 3))
 
 
 # The example --------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -283,32 +282,32 @@ def _format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def estimate_seconds(config: ExperimentConfig, batches: int = 3) -> float:
-    """Wall time of all of ``config``'s runs, extrapolated from a few timed training batches of
-    each (model, condition) on one device; a test batch counts as the task's
-    ``evaluation_cost`` of a training batch (a third by default), and ``jobs`` processes, timed
-    with the threads each will have, divide the total."""
-    import torch
+def _print_estimate(config: ExperimentConfig, results: dict, resumed: Path | None) -> None:
+    """Print how long the runs will take, or, resuming the folder ``resumed``, how long what is
+    left of them will."""
+    from .estimate import epochs_left, estimate_seconds
+    from .runner import sigterm_interrupts
 
-    from .estimate import time_batches
-
-    jobs = max(1, min(config.trainer.jobs, len(config.runs())))
-    threads = config.threads or (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0)
-    if threads:
-        # Time each batch with the threads that one job will have.
-        torch.set_num_threads(threads)
-    per_batch = {}
-    for model, condition, seed in config.runs():
-        if (model, condition) not in per_batch:
-            per_batch[(model, condition)] = time_batches(config, model, condition, seed, batches)
-    test_batches = math.ceil(config.test_samples / config.batch_size)
-    evaluation = test_batches * TASKS[config.experiment].evaluation_cost(config)
-    total = 0.0
-    for model, condition, _ in config.runs():
-        train_batches = math.ceil(config.samples_for(condition) / config.batch_size)
-        seconds = per_batch[(model, condition)]
-        total += config.epochs * seconds * (train_batches + evaluation)
-    return total / jobs
+    started = time.perf_counter()
+    left = epochs_left(config, results, resumed)
+    with sigterm_interrupts():
+        seconds = estimate_seconds(config, left=left)
+    remaining = sum(left.values())
+    total = len(left) * config.epochs
+    if remaining == 0:
+        print(f"{PROG}: every run is trained already; nothing left to estimate", file=sys.stderr)
+        return
+    what = "estimated time on this machine"
+    if remaining < total:
+        what = f"estimated time left on this machine ({remaining} of {total} epochs to train)"
+    jobs = min(config.trainer.jobs, sum(1 for epochs in left.values() if epochs))
+    timed = f", {jobs} processes at once" if jobs > 1 else ""
+    print(
+        f"{PROG}: {what}: {_format_duration(seconds)} (extrapolated from miniatures of the "
+        f"runs{timed}, {time.perf_counter() - started:.0f} s)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -330,7 +329,7 @@ def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         config = TASKS[config.experiment].prepare(config)
         if is_global_zero():
             # Refuse a wrong --out before spending minutes on the estimate.
-            prepare_output(config, out, args.resume)
+            results = prepare_output(config, out, args.resume)
             if args.resume and not (out / "config.json").exists():
                 print(
                     f"{PROG}: --resume: {out} holds no results yet; starting fresh",
@@ -346,14 +345,7 @@ def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 flush=True,
             )
             if config.preset == "paper" or args.dry_run:
-                started = time.perf_counter()
-                seconds = estimate_seconds(config)
-                print(
-                    f"{PROG}: estimated time on this machine: {_format_duration(seconds)} "
-                    f"(extrapolated from timed batches, {time.perf_counter() - started:.0f} s)",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                _print_estimate(config, results, out if args.resume else None)
         if args.dry_run:
             return 0
         with sigterm_interrupts():

@@ -1,46 +1,263 @@
-"""Timing of a few training batches, to estimate how long a protocol will take."""
+"""How long a protocol will take: a miniature of each (model, condition) is trained the way the
+run will be, under the run's own load, and its parts are scaled to the epochs still to train.
+
+Timing a few training batches alone on an idle machine, as the first estimate did, came out
+1.5-2x short on the 2-core machine: it left out what an epoch spends outside its training
+batches (loading data, the test sets, logging, the checkpoint), what a run spends once (its
+data, model and final measures), and that two workers side by side slow each other down. So
+with ``jobs`` > 1 the miniatures run in ``jobs`` processes at once, each through every
+(model, condition) in its own order, and the runs are then scheduled on the workers in the
+runner's order.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import heapq
+import math
+import multiprocessing
+import os
+import signal
 import statistics
+import tempfile
 import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
 
+import torch
 from lightning.pytorch.callbacks import Callback
 
-from .config import ExperimentConfig, TrainerOptions
-from .runner import build_run, make_trainer, quiet_lightning
+from .config import ExperimentConfig, TrainerOptions, run_name
+from .files import ExperimentError
+from .runner import _watch_parent, checkpoint_path, quiet_lightning, run_order, train_run
+
+Pair = tuple[str, str, int]  # (model, condition, seed): the run whose miniature is timed
 
 
-class _BatchTimer(Callback):
+class _PhaseTimer(Callback):
+    """When each epoch started, when its test pass started and ended, and when fit ended."""
+
     def __init__(self):
-        self.durations: list[float] = []
-        self._start = 0.0
+        self.epochs: list[dict[str, float]] = []
+        self.fit_end = 0.0
 
-    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        self._start = time.perf_counter()
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self.epochs.append({"start": time.perf_counter()})
 
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        self.durations.append(time.perf_counter() - self._start)
+    def on_validation_start(self, trainer, module) -> None:
+        self.epochs[-1]["testing"] = time.perf_counter()
+
+    def on_validation_end(self, trainer, module) -> None:
+        self.epochs[-1]["tested"] = time.perf_counter()
+
+    def on_fit_end(self, trainer, module) -> None:
+        self.fit_end = time.perf_counter()
 
 
-def time_batches(
-    config: ExperimentConfig, model: str, condition: str, seed: int, batches: int
-) -> float:
-    """Median seconds of one training batch of this run, after one warm-up batch.
+@dataclasses.dataclass(frozen=True)
+class RunTiming:
+    """Seconds of the parts of one run, measured on a miniature of it (:func:`time_run`).
 
-    Runs on a single device of the configured accelerator, whatever the strategy, so that the
-    estimate never launches other processes.
+    ``training_batch`` includes loading the batch; ``test_pass`` is one batch of every test
+    set; ``epoch_rest`` is what an epoch spends besides (new loaders, logs, the checkpoint);
+    ``fixed`` is what a run spends once (its data and model, the first epoch's warm-up, the
+    task's final measures).
     """
-    quiet_lightning()
-    single = dataclasses.replace(
+
+    training_batch: float
+    test_pass: float
+    epoch_rest: float
+    fixed: float
+
+    def epoch_seconds(self, config: ExperimentConfig, condition: str) -> float:
+        training = math.ceil(config.samples_for(condition) / config.batch_size)
+        test = math.ceil(config.test_samples / config.batch_size)
+        return training * self.training_batch + test * self.test_pass + self.epoch_rest
+
+    def run_seconds(self, config: ExperimentConfig, condition: str, epochs: int) -> float:
+        """Seconds of ``epochs`` epochs of a run under ``condition``, with its fixed part."""
+        return self.fixed + epochs * self.epoch_seconds(config, condition)
+
+
+def time_run(
+    config: ExperimentConfig, model: str, condition: str, seed: int, batches: int
+) -> RunTiming:
+    """Train a miniature of this run in this process, with its current threads, on one device
+    of the configured accelerator: 3 epochs of ``batches`` training batches, test sets of one
+    batch, checkpoints and logs in a temporary folder, then the task's final measures. The last
+    two epochs give the steady state; the rest of the time is the run's fixed part."""
+    mini = dataclasses.replace(
         config,
-        trainer=TrainerOptions(accelerator=config.trainer.accelerator, progress_bar=False),
-        samples_per_epoch=(batches + 1) * config.batch_size,
+        epochs=3,
+        samples_per_epoch=batches * config.batch_size,
         condition_samples={},
+        test_samples=config.batch_size,
+        trainer=TrainerOptions(accelerator=config.trainer.accelerator, progress_bar=False),
     )
-    module, data = build_run(single, model, condition, seed)
-    timer = _BatchTimer()
-    trainer = make_trainer(single, model, max_epochs=1, callbacks=[timer], limit_val_batches=0)
-    trainer.fit(module, datamodule=data)
-    return statistics.median(timer.durations[1:] or timer.durations)
+    quiet_lightning()
+    timer = _PhaseTimer()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="phased-lstm-estimate-") as folder:
+        train_run(mini, model, condition, seed, Path(folder), False, callbacks=[timer])
+        ended = time.perf_counter()
+    steady = timer.epochs[1:]
+    ends = [epoch["start"] for epoch in steady[1:]] + [timer.fit_end]
+    training = statistics.fmean((e["testing"] - e["start"]) / batches for e in steady)
+    test = statistics.fmean(e["tested"] - e["testing"] for e in steady)
+    rest = statistics.fmean(end - e["tested"] for e, end in zip(steady, ends, strict=True))
+    epoch = batches * training + test + rest
+    # All but the two steady epochs, of which the first epoch is counted as a third one.
+    fixed = (ended - started) - (timer.fit_end - steady[0]["start"]) - epoch
+    return RunTiming(training, test, rest, max(0.0, fixed))
+
+
+def _timing_worker(conn, parent_pid: int, threads: int, config: dict, pairs, batches) -> None:
+    # CLOCK_MONOTONIC is the same clock in every process: the parent measures the start-up.
+    ready = time.monotonic()
+    _watch_parent(parent_pid)
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        settled = ExperimentConfig.from_dict(config)
+        conn.send(("timed", ready, [time_run(settled, *pair, batches) for pair in pairs]))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            conn.send(("failed", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+def time_side_by_side(
+    config: ExperimentConfig, pairs: Sequence[Pair], jobs: int, threads: int, batches: int
+) -> tuple[dict[Pair, RunTiming], float]:
+    """:func:`time_run` of every pair in ``jobs`` processes of ``threads`` threads at once (the
+    mean over the processes), and the seconds a process takes to start (the slowest). Process
+    k starts at the k-th pair, so that different models share the machine, as in the run.
+
+    An interruption (Ctrl-C, or SIGTERM under :func:`.runner.sigterm_interrupts`) kills the
+    timing processes before it propagates; a process that fails raises ``ExperimentError``.
+    """
+    pairs = list(pairs)
+    context = multiprocessing.get_context("spawn")
+    started = []
+    timings: dict[Pair, list[RunTiming]] = {pair: [] for pair in pairs}
+    startup = 0.0
+    # Inherited through exec: the processes ignore a terminal's Ctrl-C, this one handles it.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        try:
+            for index in range(jobs):
+                shift = index % len(pairs)
+                order = pairs[shift:] + pairs[:shift]
+                receive, send = context.Pipe(duplex=False)
+                process = context.Process(
+                    target=_timing_worker,
+                    args=(send, os.getpid(), threads, config.to_dict(), order, batches),
+                    name=f"phased-lstm-estimate-{index}",
+                    daemon=True,
+                )
+                started.append((process, receive, order))
+                starting = time.monotonic()
+                process.start()
+                send.close()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        for process, receive, order in started:
+            try:
+                message = receive.recv()
+            except EOFError:
+                process.join(timeout=5)
+                raise ExperimentError(
+                    f"a process timing runs for the estimate ended without an answer "
+                    f"(exit code {process.exitcode})"
+                ) from None
+            if message[0] == "failed":
+                raise ExperimentError(f"timing runs for the estimate failed:\n{message[1]}")
+            startup = max(startup, message[1] - starting)
+            for pair, timing in zip(order, message[2], strict=True):
+                timings[pair].append(timing)
+    finally:
+        for process, receive, _ in started:
+            if process.is_alive():
+                process.kill()
+            process.join(timeout=5)
+            receive.close()
+    return {pair: _mean_timing(values) for pair, values in timings.items()}, startup
+
+
+def _mean_timing(timings: Sequence[RunTiming]) -> RunTiming:
+    fields = [field.name for field in dataclasses.fields(RunTiming)]
+    return RunTiming(
+        **{name: statistics.fmean(getattr(t, name) for t in timings) for name in fields}
+    )
+
+
+def epochs_left(config: ExperimentConfig, results: dict, out: Path | None) -> dict[Pair, int]:
+    """Epochs each run of ``config`` still has to train: none for a run that ``results``
+    records as finished, those after the last finished epoch of a run with a checkpoint in
+    ``out`` (what ``--resume`` continues), all of them otherwise."""
+    left = {}
+    for run in config.runs():
+        done = results.get("runs", {}).get(run_name(*run))
+        if done is not None and done.get("epochs", 0) >= config.epochs:
+            left[run] = 0
+            continue
+        trained = 0
+        checkpoint = checkpoint_path(out, run_name(*run)) if out is not None else None
+        if checkpoint is not None and checkpoint.exists():
+            # Unreadable: the runner will say so when it resumes; count the whole run here.
+            with contextlib.suppress(Exception):
+                state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+                trained = len(state.get("history", []))
+        left[run] = max(0, config.epochs - trained)
+    return left
+
+
+def schedule_seconds(durations: Sequence[float], jobs: int, startup: float = 0.0) -> float:
+    """Wall time of runs of these ``durations`` handed out in this order, each to the first
+    of ``jobs`` workers that is free (what the runner does), the workers ready after
+    ``startup`` seconds."""
+    free_at = [startup] * max(1, jobs)
+    for seconds in durations:
+        heapq.heappush(free_at, heapq.heappop(free_at) + seconds)
+    return max(free_at)
+
+
+def estimate_seconds(
+    config: ExperimentConfig,
+    batches: int = 3,
+    left: dict[Pair, int] | None = None,
+) -> float:
+    """Wall time of ``config``'s runs (of the epochs in ``left``, all of them by default):
+    each (model, condition) timed on a miniature (:func:`time_side_by_side` when the runs go to
+    several processes, :func:`time_run` here otherwise), the runs scheduled on the workers in
+    the runner's order, after the time the timing processes took to start. Not counted: the
+    report that the main process writes after every run (1-4 s with its figures)."""
+    if left is None:
+        left = {run: config.epochs for run in config.runs()}
+    pending = [run for run in config.runs() if left.get(run, 0) > 0]
+    if not pending:
+        return 0.0
+    jobs = max(1, min(config.trainer.jobs, len(pending)))
+    threads = config.threads or (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0)
+    pairs: dict[tuple[str, str], Pair] = {}
+    for model, condition, seed in pending:
+        pairs.setdefault((model, condition), (model, condition, seed))
+    startup = 0.0
+    if jobs > 1:
+        timed, startup = time_side_by_side(config, list(pairs.values()), jobs, threads, batches)
+    else:
+        previous = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            timed = {pair: time_run(config, *pair, batches) for pair in pairs.values()}
+        finally:
+            torch.set_num_threads(previous)
+    durations = []
+    for model, condition, seed in run_order(config, pending):
+        timing = timed[pairs[(model, condition)]]
+        durations.append(timing.run_seconds(config, condition, left[(model, condition, seed)]))
+    return schedule_seconds(durations, jobs, startup)

@@ -266,15 +266,17 @@ def train_run(
     out: Path,
     resume: bool,
     report: Callable[[tuple], None] | None = None,
+    callbacks: list[Callback] | None = None,
 ) -> dict:
     """Train one run to ``config.epochs`` (continuing from its last checkpoint) and return its
     record for ``results.json``, with the task's ``final_measures`` of the trained network as
-    ``measures`` when it has any. ``report`` receives its progress events (:mod:`.progress`)."""
+    ``measures`` when it has any. ``report`` receives its progress events (:mod:`.progress`);
+    ``callbacks`` go to the Trainer besides the run's own."""
     name = run_name(model, condition, seed)
     run_dir = out / "runs" / name
-    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    checkpoint = checkpoint_path(out, name)
     module, data = build_run(config, model, condition, seed)
-    callbacks = []
+    callbacks = list(callbacks or [])
     if report is not None:
         callbacks.append(_ProgressReporter(name, report))
         module.epoch_listener = lambda row: report(("epoch", name, row))
@@ -315,6 +317,16 @@ def train_run(
         if measures:
             record["measures"] = measures
     return record
+
+
+def checkpoint_path(out: Path, name: str) -> Path:
+    """Where run ``name`` of the experiment in ``out`` keeps its last finished epoch."""
+    return out / "runs" / name / "checkpoints" / "last.ckpt"
+
+
+def run_order(config: ExperimentConfig, pending: list) -> list[tuple[str, str, int]]:
+    """The order in which parallel workers take the ``pending`` runs: the costliest first."""
+    return sorted(pending, key=lambda run: -config.run_cost(run[1]))
 
 
 def _now() -> str:
@@ -434,7 +446,7 @@ def _run_parallel(config, pending, jobs, out, resume, record, progress) -> None:
     worker_config = dataclasses.replace(
         config, threads=threads, trainer=dataclasses.replace(trainer, progress_bar=False, jobs=1)
     )
-    order = sorted(pending, key=lambda run: -config.run_cost(run[1]))
+    order = run_order(config, pending)
     progress.say(f"running {len(order)} runs in {jobs} processes of {threads} threads")
     try:
         pool = _WorkerPool(jobs, worker_config.to_dict(), str(out), resume)

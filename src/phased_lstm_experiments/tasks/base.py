@@ -173,12 +173,6 @@ class Task:
         start first, and the progress display weighs epochs with it)."""
         return float(config.samples_for(condition))
 
-    def evaluation_cost(self, config: ExperimentConfig) -> float:
-        """The time to evaluate one batch of test examples on every test set, in training
-        batches (the ``--dry-run`` estimate). By default a third: one forward pass without the
-        backward, on one test set."""
-        return 1 / 3
-
     # ---------------------------------------------------------------------------- models
     def model_spec(self, config: ExperimentConfig, model: str, condition: str) -> ModelSpec:
         """What ``model`` needs to know about this task under ``condition``."""

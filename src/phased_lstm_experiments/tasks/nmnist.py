@@ -408,12 +408,6 @@ class NMNISTTask(Task):
     def run_cost(self, config, condition) -> float:
         return float(config.samples_for(condition))
 
-    def evaluation_cost(self, config) -> float:
-        # Three test sets, whose events add up to (0.4 + 0.75 + 1) / 0.75 of the training
-        # rate's, each a forward pass (a third of a training batch).
-        rates = (*TRAINING_RATES.values(), *EXTRA_TEST_RATES.values())
-        return sum(rates) / min(TRAINING_RATES.values()) / 3
-
     # --------------------------------------------------------------------------- models
     def model_spec(self, config, model, condition) -> ModelSpec:
         return ModelSpec(
