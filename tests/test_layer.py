@@ -354,7 +354,7 @@ def test_parameter_names_shapes_and_init():
     assert shapes["shift_l0"] == (200,) and shapes["log_period_l1"] == (200,)
     # r_on is not learnt by default: a buffer, still saved.
     assert "logit_r_on_l0" in layer.state_dict() and "logit_r_on_l0" not in shapes
-    period = layer.period_l1_reverse
+    period = layer.period_l1_reverse.detach()
     assert period.shape == (200,)
     assert float(period.min()) >= 2.0 and float(period.max()) <= 40.0
     log_p = period.log()

@@ -614,13 +614,13 @@ def _plot_digits(path: Path, images: np.ndarray, shown: dict[int, tuple[int, np.
     axis.set_xticklabels(["MNIST digit", "saccade 1", "saccade 2", "saccade 3"], fontsize=8)
     axis.xaxis.tick_top()
     axis.set_yticks([r * cell_h + height / 2 for r in range(len(rows))])
-    axis.set_yticklabels([f"#{i}\n{len(e)} events" for i, e in rows], fontsize=7)
+    axis.set_yticklabels([f"#{i}\n{len(e):,} events" for i, e in rows], fontsize=7)
     axis.tick_params(length=0)
     for spine in axis.spines.values():
         spine.set_visible(False)
     axis.set_title(f"{NAME}: events per saccade (ON red, OFF blue)", fontsize=9)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(figure)
 
 
