@@ -17,7 +17,7 @@ import torch
 pytest.importorskip("lightning")
 
 from phased_lstm.data import frequency_task  # noqa: E402
-from phased_lstm_experiments import estimate  # noqa: E402
+from phased_lstm_experiments import estimate, runner  # noqa: E402
 from phased_lstm_experiments.cli import main  # noqa: E402
 from phased_lstm_experiments.config import (  # noqa: E402
     ExperimentConfig,
@@ -451,6 +451,30 @@ def test_schedule_hands_each_run_to_the_first_free_worker():
     assert estimate.schedule_seconds([1, 5], jobs=1) == 6
     assert estimate.schedule_seconds([], jobs=2) == 0
     assert estimate.schedule_seconds([3, 3, 1, 1, 1], jobs=2, startup=2) == 7
+
+
+def test_estimate_schedules_the_longest_epochs_first(monkeypatch):
+    config = preset_config("freq", "quick")
+    config.models, config.conditions, config.seeds = ["plstm", "lstm"], ["standard"], [1, 2]
+    config.epochs, config.batch_size, config.samples_per_epoch = 2, 32, 32
+    config.test_samples, config.trainer.jobs = 32, 2
+    per_batch = {"plstm": 1.0, "lstm": 3.0}
+
+    def timed(config, pairs, jobs, threads, batches):
+        return {p: estimate.RunTiming(per_batch[p[0]], 0.0, 0.0, 0.0) for p in pairs}, 0.0
+
+    monkeypatch.setattr(estimate, "time_side_by_side", timed)
+    result = estimate.estimate_time(config)
+    assert result.epoch_seconds == {
+        (model, "standard", seed): per_batch[model] for model in per_batch for seed in (1, 2)
+    }
+    # Runs of 6 s (lstm) and 2 s (plstm), two each: the lstm runs first on both workers, then
+    # the plstm ones, 8 s; in the experiment's order (plstm, lstm, plstm, lstm) it would be 10.
+    assert result.seconds == 8
+    order = runner.run_order(config, config.runs(), result.epoch_seconds)
+    assert [run[0] for run in order] == ["lstm", "lstm", "plstm", "plstm"]
+    # Without a measure for every run, the task's relative cost (equal here) keeps the order.
+    assert runner.run_order(config, config.runs(), {order[0]: 1.0}) == config.runs()
 
 
 def test_run_seconds_scale_the_parts_of_a_miniature():

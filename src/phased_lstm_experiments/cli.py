@@ -282,21 +282,22 @@ def _format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _print_estimate(config: ExperimentConfig, results: dict, resumed: Path | None) -> None:
+def _print_estimate(config: ExperimentConfig, results: dict, resumed: Path | None) -> dict:
     """Print how long the runs will take, or, resuming the folder ``resumed``, how long what is
-    left of them will."""
-    from .estimate import epochs_left, estimate_seconds
+    left of them will; return the seconds of one epoch of each run still to train."""
+    from .estimate import epochs_left, estimate_time
     from .runner import sigterm_interrupts
 
     started = time.perf_counter()
     left = epochs_left(config, results, resumed)
     with sigterm_interrupts():
-        seconds = estimate_seconds(config, left=left)
+        estimate = estimate_time(config, left=left)
+    seconds = estimate.seconds
     remaining = sum(left.values())
     total = len(left) * config.epochs
     if remaining == 0:
         print(f"{PROG}: every run is trained already; nothing left to estimate", file=sys.stderr)
-        return
+        return {}
     what = "estimated time on this machine"
     if remaining < total:
         what = f"estimated time left on this machine ({remaining} of {total} epochs to train)"
@@ -308,6 +309,7 @@ def _print_estimate(config: ExperimentConfig, results: dict, resumed: Path | Non
         file=sys.stderr,
         flush=True,
     )
+    return estimate.epoch_seconds
 
 
 def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -327,6 +329,7 @@ def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         # Before the check of --out: the protocol that --resume compares is the settled one.
         config = TASKS[config.experiment].prepare(config)
+        epoch_seconds = None
         if is_global_zero():
             # Refuse a wrong --out before spending minutes on the estimate.
             results = prepare_output(config, out, args.resume)
@@ -345,11 +348,17 @@ def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 flush=True,
             )
             if config.preset == "paper" or args.dry_run:
-                _print_estimate(config, results, out if args.resume else None)
+                epoch_seconds = _print_estimate(config, results, out if args.resume else None)
         if args.dry_run:
             return 0
         with sigterm_interrupts():
-            run_experiment(config, out, resume=args.resume, on_update=write_report)
+            run_experiment(
+                config,
+                out,
+                resume=args.resume,
+                on_update=write_report,
+                epoch_seconds=epoch_seconds,
+            )
     except ExperimentError as error:
         raise SystemExit(f"{PROG}: error: {error}") from None
     except KeyboardInterrupt:

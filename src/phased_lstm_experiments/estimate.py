@@ -225,11 +225,19 @@ def schedule_seconds(durations: Sequence[float], jobs: int, startup: float = 0.0
     return max(free_at)
 
 
-def estimate_seconds(
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """The estimated wall time of the runs, and the seconds of one epoch of each run."""
+
+    seconds: float
+    epoch_seconds: dict[Pair, float]
+
+
+def estimate_time(
     config: ExperimentConfig,
     batches: int = 3,
     left: dict[Pair, int] | None = None,
-) -> float:
+) -> Estimate:
     """Wall time of ``config``'s runs (of the epochs in ``left``, all of them by default):
     each (model, condition) timed on a miniature (:func:`time_side_by_side` when the runs go to
     several processes, :func:`time_run` here otherwise), the runs scheduled on the workers in
@@ -239,7 +247,7 @@ def estimate_seconds(
         left = {run: config.epochs for run in config.runs()}
     pending = [run for run in config.runs() if left.get(run, 0) > 0]
     if not pending:
-        return 0.0
+        return Estimate(0.0, {})
     jobs = max(1, min(config.trainer.jobs, len(pending)))
     threads = config.threads or (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0)
     pairs: dict[tuple[str, str], Pair] = {}
@@ -256,8 +264,10 @@ def estimate_seconds(
             timed = {pair: time_run(config, *pair, batches) for pair in pairs.values()}
         finally:
             torch.set_num_threads(previous)
-    durations = []
-    for model, condition, seed in run_order(config, pending):
-        timing = timed[pairs[(model, condition)]]
-        durations.append(timing.run_seconds(config, condition, left[(model, condition, seed)]))
-    return schedule_seconds(durations, jobs, startup)
+    timing = {run: timed[pairs[run[:2]]] for run in pending}
+    epoch_seconds = {run: timing[run].epoch_seconds(config, run[1]) for run in pending}
+    durations = [
+        timing[run].run_seconds(config, run[1], left[run])
+        for run in run_order(config, pending, epoch_seconds)
+    ]
+    return Estimate(schedule_seconds(durations, jobs, startup), epoch_seconds)

@@ -324,9 +324,23 @@ def checkpoint_path(out: Path, name: str) -> Path:
     return out / "runs" / name / "checkpoints" / "last.ckpt"
 
 
-def run_order(config: ExperimentConfig, pending: list) -> list[tuple[str, str, int]]:
-    """The order in which parallel workers take the ``pending`` runs: the costliest first."""
-    return sorted(pending, key=lambda run: -config.run_cost(run[1]))
+def epoch_costs(
+    config: ExperimentConfig, runs: list, epoch_seconds: dict | None = None
+) -> dict[tuple[str, str, int], float]:
+    """The cost of one epoch of each run: its measured seconds where ``epoch_seconds`` (the
+    ``--dry-run`` estimate's) covers every run, the task's relative ``run_cost`` otherwise."""
+    if epoch_seconds and all(run in epoch_seconds for run in runs):
+        return {run: float(epoch_seconds[run]) for run in runs}
+    return {run: config.run_cost(run[1]) for run in runs}
+
+
+def run_order(
+    config: ExperimentConfig, pending: list, epoch_seconds: dict | None = None
+) -> list[tuple[str, str, int]]:
+    """The order in which parallel workers take the ``pending`` runs: the costliest epochs
+    first (:func:`epoch_costs`), otherwise in the experiment's order."""
+    costs = epoch_costs(config, pending, epoch_seconds)
+    return sorted(pending, key=lambda run: -costs[run])
 
 
 def _now() -> str:
@@ -339,12 +353,15 @@ def run_experiment(
     *,
     resume: bool = False,
     on_update: Callable[[ExperimentConfig, dict, Path], None] | None = None,
+    epoch_seconds: dict[tuple[str, str, int], float] | None = None,
 ) -> dict:
     """Make every run of ``config`` not yet finished in ``out``; return ``results.json``'s data.
 
     With ``config.trainer.jobs > 1`` the runs go to that many worker processes on one device
     each (independent runs, each seeded by itself, so the results do not depend on it), the
-    costliest first. ``on_update`` (the report writer) is called after every run on the
+    costliest first. ``epoch_seconds`` (each run's epoch, as the estimate measured it) orders
+    them and weighs their epochs in the progress display's ETA; without it the task's relative
+    ``run_cost`` does. ``on_update`` (the report writer) is called after every run on the
     writing process. A command that trains appends its wall time to ``results["sessions"]``,
     also when it is interrupted.
     """
@@ -370,8 +387,9 @@ def run_experiment(
     progress = None
     session = None
     if writer and pending:
+        costs = epoch_costs(config, pending, epoch_seconds)
         progress = Progress(
-            {run_name(*run): config.run_cost(run[1]) for run in pending},
+            {run_name(*run): cost for run, cost in costs.items()},
             config.epochs,
             bar=None if config.trainer.progress_bar else False,
         )
@@ -403,7 +421,8 @@ def run_experiment(
 
     try:
         if jobs > 1:
-            _run_parallel(config, pending, jobs, out, resume, record, progress)
+            order = run_order(config, pending, epoch_seconds)
+            _run_parallel(config, order, jobs, out, resume, record, progress)
         else:
             for run in pending:
                 report = progress.handle if progress is not None else None
@@ -440,13 +459,12 @@ def _check_parallel_options(config: ExperimentConfig) -> None:
         )
 
 
-def _run_parallel(config, pending, jobs, out, resume, record, progress) -> None:
+def _run_parallel(config, order, jobs, out, resume, record, progress) -> None:
     trainer = config.trainer
     threads = config.threads or max(1, (os.cpu_count() or 1) // jobs)
     worker_config = dataclasses.replace(
         config, threads=threads, trainer=dataclasses.replace(trainer, progress_bar=False, jobs=1)
     )
-    order = run_order(config, pending)
     progress.say(f"running {len(order)} runs in {jobs} processes of {threads} threads")
     try:
         pool = _WorkerPool(jobs, worker_config.to_dict(), str(out), resume)
