@@ -260,8 +260,14 @@ def read_results(out: Path) -> dict:
     return json.loads((out / "results.json").read_text())
 
 
+def subnormals_flushed() -> bool:
+    """Whether this process's CPU treats a subnormal float32 as zero."""
+    return float(torch.tensor([1e-39]) * 2) == 0.0
+
+
 def test_cli_end_to_end(tmp_path, capsys):
     out = tmp_path / "freq"
+    assert not subnormals_flushed()  # reset after every test (conftest.py)
     run_cli(
         "freq", "--condition", "standard,async", "--models", "plstm,lstm", *TINY, "--out", str(out)
     )
@@ -301,6 +307,9 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert len((out / "metrics.csv").read_text().splitlines()) == 1 + 4
     assert (out / "runs" / "plstm-async-seed1" / "checkpoints" / "last.ckpt").exists()
     assert not list(out.rglob("*.tmp"))  # atomic writes leave no temporary file
+    # The training process flushed subnormal floats, and the report says so.
+    assert subnormals_flushed() and results["sessions"][-1]["subnormals"] == "flushed"
+    assert "| subnormal floats |" in markdown and "| finished | flushed |" in markdown
 
 
 def test_cli_adding_and_freq2(tmp_path):

@@ -31,7 +31,14 @@ from lightning.pytorch.callbacks import Callback
 
 from .config import ExperimentConfig, TrainerOptions, run_name
 from .files import ExperimentError
-from .runner import _watch_parent, checkpoint_path, quiet_lightning, run_order, train_run
+from .runner import (
+    _watch_parent,
+    checkpoint_path,
+    flush_denormals,
+    quiet_lightning,
+    run_order,
+    train_run,
+)
 
 Pair = tuple[str, str, int]  # (model, condition, seed): the run whose miniature is timed
 
@@ -97,6 +104,7 @@ def time_run(
         trainer=TrainerOptions(accelerator=config.trainer.accelerator, progress_bar=False),
     )
     quiet_lightning()
+    flush_denormals()  # as the run's processes do
     timer = _PhaseTimer()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="phased-lstm-estimate-") as folder:

@@ -184,10 +184,15 @@ def _timing_lines(results: dict) -> list[str]:
         count = len(sessions)
         commands = "1 command" if count == 1 else f"{count} commands"
         lines.append(f"| wall time of the {commands} that trained | | {seconds:.0f} |")
-        lines += ["", "| command started (UTC) | jobs | runs finished | wall time (s) | ended |"]
-        lines.append("|---|---|---|---|---|")
         lines += [
-            f"| {s['started']} | {s['jobs']} | {s['runs']} | {s['seconds']:.0f} | {s['status']} |"
+            "",
+            "| command started (UTC) | jobs | runs finished | wall time (s) | ended "
+            "| subnormal floats |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {s['started']} | {s['jobs']} | {s['runs']} | {s['seconds']:.0f} | {s['status']} "
+            f"| {s.get('subnormals', 'kept (older version)')} |"
             for s in sessions
         ]
     else:
