@@ -2,6 +2,7 @@
 every gradient, for the op and through the whole layer; and the fallback when they cannot build."""
 
 import itertools
+import platform
 import warnings
 
 import pytest
@@ -148,6 +149,36 @@ def test_fused_op_noncontiguous_inputs_and_retained_graph():
 
 
 @needs_kernels
+def subnormals_flushed() -> bool:
+    return float(torch.tensor([1e-39]) * 2) == 0.0
+
+
+@needs_kernels
+@pytest.mark.skipif(
+    platform.machine().lower() not in ("x86_64", "amd64"), reason="FTZ and DAZ are x86 modes"
+)
+@pytest.mark.parametrize("op", ["forward_train", "forward_infer"])
+def test_kernels_flush_subnormals_inside_and_restore_the_callers_mode(op):
+    # One step, k = 1, c0 = 0, W_hh = 0: c = i * g with i = sigmoid(-87) and g = tanh(0.5),
+    # which PyTorch's own ops (the caller's mode: subnormals kept) make 7.6e-39, a subnormal
+    # float32; the kernels compute it as 0.
+    hidden = 4
+    gates_x = torch.zeros(1, 1, 4 * hidden)
+    gates_x[..., :hidden] = -87.0  # input gate (order i, f, g, o)
+    gates_x[..., 2 * hidden : 3 * hidden] = 0.5  # candidate
+    expected = torch.sigmoid(torch.tensor(-87.0)) * torch.tanh(torch.tensor(0.5))
+    assert 0 < float(expected) < torch.finfo(torch.float32).tiny  # subnormal here
+    args = (gates_x, torch.ones(1, 1, hidden), torch.zeros(4 * hidden, hidden), None)
+    args += (torch.zeros(1, hidden), torch.zeros(1, hidden), None)
+    if op == "forward_train":
+        outputs = torch.ops.phased_lstm.forward_train(*args, float("inf"))
+    else:
+        outputs = torch.ops.phased_lstm.forward_infer(*args, 0.5)
+    assert torch.equal(outputs[2], torch.zeros(1, hidden))  # c_n
+    # The caller's mode is back: subnormals are kept again outside the kernel.
+    assert not subnormals_flushed()
+
+
 def test_fused_op_empty_sequence_returns_initial_state():
     inputs = op_inputs(0, 2, 3, f32, peepholes=False, gate="train")
     for backend in ("fused", "sparse", "auto"):

@@ -323,11 +323,11 @@ def flush_denormals() -> bool:
     """Make this process's CPU treat subnormal floats (below ~1.2e-38 in float32) as zero, as
     every process of the experiments that trains does; return whether the CPU can.
 
-    Trained LSTM and BN-LSTM baselines feed saturated gates into PyTorch's CPU kernels, where
-    the resulting subnormal numbers take a slow path: on N-MNIST-sim their training batches
-    took 2.3-5.1 s after some epochs and 0.9-1.3 s flushed (the Phased LSTM's compiled
-    kernels, 1.0-1.4 s, were not affected), so the wall times compared the baselines'
-    arithmetic with the CPU's slow path. Results change by values below 1.2e-38 only."""
+    Trained, saturated LSTM gates produce such numbers, and x86 CPUs compute with them on a slow
+    path: on N-MNIST-sim the baselines' training batches took 2.3-5.1 s after a few epochs
+    instead of about 1 s. The compiled kernels of the library flush them inside their own calls;
+    this covers PyTorch's ops around them (the embedding, batch norm, the CNN). Results change
+    by values below 1.2e-38 only."""
     return bool(torch.set_flush_denormal(True))
 
 

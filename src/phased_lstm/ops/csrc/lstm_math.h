@@ -16,7 +16,38 @@
 #include <cstdlib>
 #include <cstring>
 
+#if defined(__SSE__) || defined(__x86_64__) || defined(_M_X64)
+#include <xmmintrin.h>
+#endif
+
 namespace phased_lstm {
+
+// ---------------------------------------------------------------------------------------------
+// Subnormal floats. Once an LSTM's gates saturate, products such as the gradient through a
+// sigmoid near 0 or 1 fall below the smallest normal float (about 1.2e-38), and x86 CPUs compute
+// with such numbers, in the matrix products and in the loops here, on a microcode path many
+// times slower: a trained N-MNIST-sim LSTM's training batch took 2.3-5.1 s instead of 1.0-1.4 s.
+// Inside the kernels they are flushed to zero (the FTZ and DAZ bits of MXCSR), in every thread
+// that computes; the caller's mode is restored on return. Elsewhere (ARM) this does nothing.
+class FlushSubnormals {
+ public:
+  FlushSubnormals() {
+#if defined(__SSE__) || defined(__x86_64__) || defined(_M_X64)
+    saved_ = _mm_getcsr();
+    _mm_setcsr(saved_ | 0x8040u);  // FTZ (bit 15) | DAZ (bit 6)
+#endif
+  }
+  ~FlushSubnormals() {
+#if defined(__SSE__) || defined(__x86_64__) || defined(_M_X64)
+    _mm_setcsr(saved_);
+#endif
+  }
+  FlushSubnormals(const FlushSubnormals&) = delete;
+  FlushSubnormals& operator=(const FlushSubnormals&) = delete;
+
+ private:
+  unsigned int saved_ = 0;
+};
 
 #if defined(__GNUC__) || defined(__clang__)
 #define PHASED_LSTM_NOINLINE __attribute__((noinline))

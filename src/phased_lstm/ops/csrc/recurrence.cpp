@@ -181,6 +181,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_t
   TORCH_CHECK(grad_clip > 0, "forward_train: grad_clip must be > 0 (inf for none), got ",
               grad_clip);
   NoAutocast no_autocast(kAutocast);
+  FlushSubnormals flush;
   const Layout layout = make_layout(gates_x, h0, batch_sizes);
   check_inputs(layout, gates_x, k, weight_hh, weight_ch, h0, c0);
   const int64_t L = layout.L, N = layout.N, H = layout.H;
@@ -209,6 +210,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_t
       const scalar_t* cp = t == 0 ? c0.data_ptr<scalar_t>() : c_p + layout.offset[t - 1] * H;
       const int64_t base = layout.offset[t];
       at::parallel_for(0, layout.stored(t), row_grain(H), [&](int64_t begin, int64_t end) {
+        FlushSubnormals flush_here;
         for (int64_t n = begin; n < end; ++n) {
           const int64_t row = (base + n) * H;
           if (n >= active) {  // padding: the state is held
@@ -241,6 +243,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& acts, bool weight_hh_grad, double grad_clip,
     const std::optional<at::Tensor>& batch_sizes) {
   NoAutocast no_autocast(kAutocast);
+  FlushSubnormals flush;
   const Layout layout = make_layout(acts, h0, batch_sizes);
   check_inputs(layout, acts, k, weight_hh, weight_ch, h0, c0);
   TORCH_CHECK(grad_clip > 0, "backward: grad_clip must be > 0 (inf for none), got ", grad_clip);
@@ -292,6 +295,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       const int64_t stored = layout.stored(t);
       const int64_t base = layout.offset[t];
       at::parallel_for(0, N, row_grain(H), [&](int64_t begin, int64_t end) {
+        FlushSubnormals flush_here;
         const int64_t tid = at::get_thread_num();
         TORCH_CHECK(!peep || tid < threads, "phased_lstm backward: unexpected thread id");
         double* acc_t = peep ? acc_p + tid * 3 * H : nullptr;
@@ -362,6 +366,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_infer(
     const std::optional<at::Tensor>& weight_ch, const at::Tensor& h0, const at::Tensor& c0,
     const std::optional<at::Tensor>& batch_sizes, double dense_above) {
   NoAutocast no_autocast(kAutocast);
+  FlushSubnormals flush;
   const Layout layout = make_layout(gates_x, h0, batch_sizes);
   check_inputs(layout, gates_x, k, weight_hh, weight_ch, h0, c0);
   const int64_t L = layout.L, N = layout.N, H = layout.H;
@@ -421,6 +426,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_infer(
           std::memcpy(c_out + rows * H, c_p + rows * H, sizeof(scalar_t) * (N - rows) * H);
         }
         at::parallel_for(0, rows, row_grain(H), [&](int64_t begin, int64_t end) {
+          FlushSubnormals flush_here;
           for (int64_t n = begin; n < end; ++n) {
             scalar_t* g = gates_p + n * 4 * H;
             const int64_t row = n * H;
@@ -450,6 +456,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_infer(
       const int64_t work_per_neuron = std::max<int64_t>(1, 4 * H * pairs / count);
       const int64_t grain = std::max<int64_t>(1, (1 << 14) / work_per_neuron);
       at::parallel_for(0, count, grain, [&](int64_t begin, int64_t end) {
+        FlushSubnormals flush_here;
         scalar_t pre[4];
         for (int64_t q = begin; q < end; ++q) {
           const int64_t j = neurons[q];

@@ -333,6 +333,7 @@ class Stream {
   void run(const at::Tensor& x, int64_t xs_t, int64_t xs_n, const Times& times,
            const at::Tensor& h, const at::Tensor& c, const at::Tensor& out, int64_t os_t, int64_t os_n, int64_t L,
            int64_t N, double leak) {
+    phased_lstm::FlushSubnormals flush;
     AT_DISPATCH_FLOATING_TYPES(dtype_, "phased_lstm_stream", [&] {
       run_typed<scalar_t>(x.data_ptr<scalar_t>(), xs_t, xs_n, times, h.data_ptr<scalar_t>(),
                           c.data_ptr<scalar_t>(),
@@ -382,6 +383,7 @@ class Stream {
             const int64_t work = 4 * (in + H) + 1;
             const int64_t grain = std::max<int64_t>(1, (1 << 18) / work);
             at::parallel_for(0, count, grain, [&](int64_t begin, int64_t end) {
+              phased_lstm::FlushSubnormals flush_here;
               T pre[4], rec[4];
               for (int64_t q = begin; q < end; ++q) {
                 const int64_t j = open[q];
