@@ -502,8 +502,9 @@ def test_a_miniature_run_is_timed_in_parts(tmp_path, monkeypatch):
     config.batch_size, config.hidden_size = 4, 8
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     timing = estimate.time_run(config, "plstm", "standard", 1, batches=2)
-    assert timing.training_batch > 0 and timing.test_pass > 0 and timing.fixed > 0
-    assert timing.epoch_rest >= 0
+    assert timing.training_batch > 0 and timing.test_pass > 0
+    # What is left after the steady epochs, measured by difference: can be ~0 on a busy machine.
+    assert timing.epoch_rest >= 0 and timing.fixed >= 0
     # Its checkpoints and logs went to a temporary folder, removed afterwards.
     assert list(tmp_path.iterdir()) == []
 

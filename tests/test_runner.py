@@ -67,7 +67,8 @@ CLASSIFICATION_ROW = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc
 REGRESSION_ROW = {"epoch", "train_loss", "test_loss", "wall_s"}
 # The one addition: the wall time of every command that trained.
 RESULTS_KEYS = {"version", "runs", "config", "sessions"}
-SESSION_KEYS = {"started", "ended", "seconds", "runs", "jobs", "status"}
+# A session also says whether its processes flushed subnormal floats (older ones do not).
+SESSION_KEYS = {"started", "ended", "seconds", "runs", "jobs", "status", "subnormals"}
 
 
 @pytest.mark.parametrize(
