@@ -350,6 +350,18 @@ def test_progress_lines_without_a_terminal():
     assert progress.fraction() == pytest.approx((2 * 1 + 1 * 3) / (2 * 1 + 2 * 3))
 
 
+def test_progress_shows_the_estimate_until_training_is_measured(monkeypatch):
+    clock_now = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock_now[0])
+    progress = Progress({"a": 1.0}, epochs=2, stream=StringIO(), bar=False, expected=3600.0)
+    clock_now[0] += 600.0
+    assert progress.summary().endswith("10:00 elapsed, ETA 50:00 (estimated)")
+    # Once an epoch is measured, its pace decides: 1 of 2 epochs in 10 min leaves 10 min.
+    progress.epoch("a", {"epoch": 1, "wall_s": 600.0})
+    assert progress.summary().endswith("10:00 elapsed, ETA 10:00")
+    assert "ETA unknown" in Progress({"a": 1.0}, epochs=2, stream=StringIO()).summary()
+
+
 def test_progress_bar_on_a_terminal_redraws_one_line():
     stream = StringIO()
     progress = Progress({"a": 1.0}, epochs=4, stream=stream, bar=True)

@@ -282,9 +282,9 @@ def _format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _print_estimate(config: ExperimentConfig, results: dict, resumed: Path | None) -> dict:
+def _print_estimate(config: ExperimentConfig, results: dict, resumed: Path | None):
     """Print how long the runs will take, or, resuming the folder ``resumed``, how long what is
-    left of them will; return the seconds of one epoch of each run still to train."""
+    left of them will; return the :class:`.estimate.Estimate`."""
     from .estimate import epochs_left, estimate_time
     from .runner import sigterm_interrupts
 
@@ -297,7 +297,7 @@ def _print_estimate(config: ExperimentConfig, results: dict, resumed: Path | Non
     total = len(left) * config.epochs
     if remaining == 0:
         print(f"{PROG}: every run is trained already; nothing left to estimate", file=sys.stderr)
-        return {}
+        return estimate
     what = "estimated time on this machine"
     if remaining < total:
         what = f"estimated time left on this machine ({remaining} of {total} epochs to train)"
@@ -309,7 +309,7 @@ def _print_estimate(config: ExperimentConfig, results: dict, resumed: Path | Non
         file=sys.stderr,
         flush=True,
     )
-    return estimate.epoch_seconds
+    return estimate
 
 
 def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -329,7 +329,7 @@ def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         # Before the check of --out: the protocol that --resume compares is the settled one.
         config = TASKS[config.experiment].prepare(config)
-        epoch_seconds = None
+        estimate = None
         if is_global_zero():
             # Refuse a wrong --out before spending minutes on the estimate.
             results = prepare_output(config, out, args.resume)
@@ -348,7 +348,7 @@ def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 flush=True,
             )
             if config.preset == "paper" or args.dry_run:
-                epoch_seconds = _print_estimate(config, results, out if args.resume else None)
+                estimate = _print_estimate(config, results, out if args.resume else None)
         if args.dry_run:
             return 0
         with sigterm_interrupts():
@@ -357,7 +357,8 @@ def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 out,
                 resume=args.resume,
                 on_update=write_report,
-                epoch_seconds=epoch_seconds,
+                epoch_seconds=estimate.epoch_seconds if estimate else None,
+                expected_seconds=estimate.seconds if estimate else None,
             )
     except ExperimentError as error:
         raise SystemExit(f"{PROG}: error: {error}") from None

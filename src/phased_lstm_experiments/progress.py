@@ -38,6 +38,8 @@ class Progress:
         stream: where to write (stderr).
         bar: redraw one line in place (a terminal); by default when ``stream`` is a terminal.
         interval: seconds between summary lines without a bar.
+        expected: the estimated seconds of the whole command, shown as the ETA (less the time
+            elapsed, marked "estimated") until some training has been measured.
     """
 
     def __init__(
@@ -48,12 +50,14 @@ class Progress:
         stream: TextIO | None = None,
         bar: bool | None = None,
         interval: float = 60.0,
+        expected: float | None = None,
     ):
         self.stream = stream if stream is not None else sys.stderr
         self.bar = self.stream.isatty() if bar is None else bar
         self.weights = {name: max(float(w), 1e-9) for name, w in runs.items()}
         self.epochs = epochs
         self.interval = interval
+        self.expected = expected
         self.started = time.monotonic()
         self._done: dict[str, float] = dict.fromkeys(runs, 0.0)  # epochs, fractional
         self._resumed: dict[str, float] = dict.fromkeys(runs, 0.0)
@@ -126,6 +130,8 @@ class Progress:
             eta = "0:00"
         elif trained > 0:
             eta = clock(elapsed * left / trained)
+        elif self.expected is not None:
+            eta = f"{clock(self.expected - elapsed)} (estimated)"
         else:
             eta = "unknown"
         epochs_done = sum(int(min(d, self.epochs)) for d in self._done.values())

@@ -366,6 +366,7 @@ def run_experiment(
     resume: bool = False,
     on_update: Callable[[ExperimentConfig, dict, Path], None] | None = None,
     epoch_seconds: dict[tuple[str, str, int], float] | None = None,
+    expected_seconds: float | None = None,
 ) -> dict:
     """Make every run of ``config`` not yet finished in ``out``; return ``results.json``'s data.
 
@@ -373,7 +374,8 @@ def run_experiment(
     each (independent runs, each seeded by itself, so the results do not depend on it), the
     costliest first. ``epoch_seconds`` (each run's epoch, as the estimate measured it) orders
     them and weighs their epochs in the progress display's ETA; without it the task's relative
-    ``run_cost`` does. ``on_update`` (the report writer) is called after every run on the
+    ``run_cost`` does; ``expected_seconds`` (the estimate's total) is the ETA until the first
+    measured progress. ``on_update`` (the report writer) is called after every run on the
     writing process. A command that trains appends its wall time to ``results["sessions"]``,
     also when it is interrupted.
     """
@@ -405,6 +407,7 @@ def run_experiment(
             {run_name(*run): cost for run, cost in costs.items()},
             config.epochs,
             bar=None if config.trainer.progress_bar else False,
+            expected=expected_seconds,
         )
         # "running" until the command ends; it stays so if the process was killed outright.
         session = {"started": _now(), "ended": None, "seconds": 0.0, "runs": 0, "jobs": jobs}
