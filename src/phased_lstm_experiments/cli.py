@@ -301,8 +301,7 @@ def _print_estimate(config: ExperimentConfig, results: dict, resumed: Path | Non
     what = "estimated time on this machine"
     if remaining < total:
         what = f"estimated time left on this machine ({remaining} of {total} epochs to train)"
-    jobs = min(config.trainer.jobs, sum(1 for epochs in left.values() if epochs))
-    timed = f", {jobs} processes at once" if jobs > 1 else ""
+    timed = f", {estimate.jobs} processes at once" if estimate.jobs > 1 else ""
     print(
         f"{PROG}: {what}: {_format_duration(seconds)} (extrapolated from miniatures of the "
         f"runs{timed}, {time.perf_counter() - started:.0f} s)",

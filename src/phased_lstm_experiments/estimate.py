@@ -18,7 +18,6 @@ import heapq
 import math
 import multiprocessing
 import os
-import signal
 import statistics
 import tempfile
 import time
@@ -34,10 +33,12 @@ from .files import ExperimentError
 from .runner import (
     _watch_parent,
     checkpoint_path,
+    children_ignore_sigint,
     flush_denormals,
     quiet_lightning,
     run_order,
     train_run,
+    worker_threads,
 )
 
 Pair = tuple[str, str, int]  # (model, condition, seed): the run whose miniature is timed
@@ -152,10 +153,8 @@ def time_side_by_side(
     started = []
     timings: dict[Pair, list[RunTiming]] = {pair: [] for pair in pairs}
     startup = 0.0
-    # Inherited through exec: the processes ignore a terminal's Ctrl-C, this one handles it.
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        try:
+        with children_ignore_sigint():
             for index in range(jobs):
                 shift = index % len(pairs)
                 order = pairs[shift:] + pairs[:shift]
@@ -170,8 +169,6 @@ def time_side_by_side(
                 starting = time.monotonic()
                 process.start()
                 send.close()
-        finally:
-            signal.signal(signal.SIGINT, previous)
         for process, receive, order in started:
             try:
                 message = receive.recv()
@@ -235,10 +232,12 @@ def schedule_seconds(durations: Sequence[float], jobs: int, startup: float = 0.0
 
 @dataclasses.dataclass(frozen=True)
 class Estimate:
-    """The estimated wall time of the runs, and the seconds of one epoch of each run."""
+    """The estimated wall time of the runs, the seconds of one epoch of each run still to
+    train, and the number of processes the runs go to."""
 
     seconds: float
     epoch_seconds: dict[Pair, float]
+    jobs: int
 
 
 def estimate_time(
@@ -255,9 +254,9 @@ def estimate_time(
         left = {run: config.epochs for run in config.runs()}
     pending = [run for run in config.runs() if left.get(run, 0) > 0]
     if not pending:
-        return Estimate(0.0, {})
+        return Estimate(0.0, {}, 0)
     jobs = max(1, min(config.trainer.jobs, len(pending)))
-    threads = config.threads or (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0)
+    threads = worker_threads(config, jobs) if jobs > 1 else config.threads
     pairs: dict[tuple[str, str], Pair] = {}
     for model, condition, seed in pending:
         pairs.setdefault((model, condition), (model, condition, seed))
@@ -278,4 +277,4 @@ def estimate_time(
         timing[run].run_seconds(config, run[1], left[run])
         for run in run_order(config, pending, epoch_seconds)
     ]
-    return Estimate(schedule_seconds(durations, jobs, startup), epoch_seconds)
+    return Estimate(schedule_seconds(durations, jobs, startup), epoch_seconds, jobs)

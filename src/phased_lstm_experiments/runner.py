@@ -355,6 +355,23 @@ def run_order(
     return sorted(pending, key=lambda run: -costs[run])
 
 
+@contextlib.contextmanager
+def children_ignore_sigint():
+    """Processes started within the block ignore SIGINT from their start (the disposition is
+    inherited through exec): a terminal's Ctrl-C reaches this process only, which stops them."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def worker_threads(config: ExperimentConfig, jobs: int) -> int:
+    """Torch threads of each of ``jobs`` worker processes: ``--threads``, or a share of the
+    cores."""
+    return config.threads or max(1, (os.cpu_count() or 1) // jobs)
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -478,7 +495,7 @@ def _check_parallel_options(config: ExperimentConfig) -> None:
 
 def _run_parallel(config, order, jobs, out, resume, record, progress) -> None:
     trainer = config.trainer
-    threads = config.threads or max(1, (os.cpu_count() or 1) // jobs)
+    threads = worker_threads(config, jobs)
     worker_config = dataclasses.replace(
         config, threads=threads, trainer=dataclasses.replace(trainer, progress_bar=False, jobs=1)
     )
@@ -514,29 +531,26 @@ class _WorkerPool:
     def __init__(self, count: int, config: dict, out: str, resume: bool):
         context = multiprocessing.get_context("spawn")
         self.workers: list[_Worker] = []
-        # The disposition is inherited through exec, so a worker ignores SIGINT from its start.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            for index in range(count):
-                parent_end, child_end = context.Pipe()
-                process = context.Process(
-                    target=_worker_main,
-                    args=(child_end, os.getpid(), config, out, resume),
-                    name=f"phased-lstm-worker-{index}",
-                )
-                process.start()
-                self.workers.append(_Worker(process, parent_end))
-                child_end.close()
-        except BaseException:
-            # Interrupted while starting them: a worker still unpickling its pipe would fail
-            # loudly (EOFError) once this process is gone, so end the started ones first.
-            for worker in self.workers:
-                worker.process.kill()
-                worker.process.join(timeout=5)
-                worker.conn.close()
-            raise
-        finally:
-            signal.signal(signal.SIGINT, previous)
+        with children_ignore_sigint():
+            try:
+                for index in range(count):
+                    parent_end, child_end = context.Pipe()
+                    process = context.Process(
+                        target=_worker_main,
+                        args=(child_end, os.getpid(), config, out, resume),
+                        name=f"phased-lstm-worker-{index}",
+                    )
+                    process.start()
+                    self.workers.append(_Worker(process, parent_end))
+                    child_end.close()
+            except BaseException:
+                # Interrupted while starting them: a worker still unpickling its pipe would fail
+                # loudly (EOFError) once this process is gone, so end the started ones first.
+                for worker in self.workers:
+                    worker.process.kill()
+                    worker.process.join(timeout=5)
+                    worker.conn.close()
+                raise
 
     def _receive(self, worker: _Worker):
         """The worker's next message, or None when its pipe is closed."""

@@ -405,9 +405,6 @@ class NMNISTTask(Task):
     def collate(self, model):
         return _collate_frames if model == "cnn" else collate_events
 
-    def run_cost(self, config, condition) -> float:
-        return float(config.samples_for(condition))
-
     # --------------------------------------------------------------------------- models
     def model_spec(self, config, model, condition) -> ModelSpec:
         return ModelSpec(
