@@ -60,11 +60,22 @@ CONFIG_KEYS = {
     "condition_samples",
     "threads",
     "trainer",
+    # Added with the validation split, early stopping and the learning-rate sweep; folders
+    # without them read as the defaults (tests/test_validation.py).
+    "validation_share",
+    "test_sets",
+    "patience",
+    "min_delta",
+    "learning_rates",
+    "lr_sweep",
+    "sweep_epochs",
 }
 TRAINER_KEYS = {"accelerator", "devices", "num_nodes", "strategy", "progress_bar", "jobs"}
 RUN_KEYS = {"model", "condition", "seed", "epochs", "history", "final"}
-CLASSIFICATION_ROW = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "wall_s"}
-REGRESSION_ROW = {"epoch", "train_loss", "test_loss", "wall_s"}
+# Each row also says where the epoch's time went (added with the epoch-time breakdown).
+TIMES = {"time_model_s", "time_eval_s", "time_epoch_s"}
+CLASSIFICATION_ROW = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "wall_s"} | TIMES
+REGRESSION_ROW = {"epoch", "train_loss", "test_loss", "wall_s"} | TIMES
 # The one addition: the wall time of every command that trained.
 RESULTS_KEYS = {"version", "runs", "config", "sessions"}
 # A session also says whether its processes flushed subnormal floats (older ones do not).

@@ -301,6 +301,12 @@ def _print_estimate(config: ExperimentConfig, results: dict, resumed: Path | Non
     what = "estimated time on this machine"
     if remaining < total:
         what = f"estimated time left on this machine ({remaining} of {total} epochs to train)"
+    if config.patience > 0:
+        what += ", at most (every run to its last epoch, none stopped early)"
+    sweep = _sweep_seconds(config, results, estimate)
+    if sweep:
+        what += f", of which the learning-rate sweep {_format_duration(sweep)}"
+        seconds += sweep
     timed = f", {estimate.jobs} processes at once" if estimate.jobs > 1 else ""
     print(
         f"{PROG}: {what}: {_format_duration(seconds)} (extrapolated from miniatures of the "
@@ -308,7 +314,30 @@ def _print_estimate(config: ExperimentConfig, results: dict, resumed: Path | Non
         file=sys.stderr,
         flush=True,
     )
+    per_epoch = {}
+    for (model, _, _), epoch in estimate.epoch_seconds.items():
+        per_epoch.setdefault(model, epoch)
+    if config.patience > 0 and per_epoch:
+        epochs = ", ".join(f"{m} {_format_duration(s)}" for m, s in per_epoch.items())
+        print(f"{PROG}: one epoch of each model: {epochs}", file=sys.stderr, flush=True)
     return estimate
+
+
+def _sweep_seconds(config: ExperimentConfig, results: dict, estimate) -> float:
+    """The learning-rate sweep's wall time, not yet recorded in ``results``: its runs'
+    epochs cost what the estimate measured for the same model and condition."""
+    from .estimate import schedule_seconds
+
+    if not config.lr_sweep or "learning_rates" in results:
+        return 0.0
+    epoch = {run[:2]: seconds for run, seconds in estimate.epoch_seconds.items()}
+    durations = sorted(
+        (config.sweep_epochs * epoch[(m, c)] for m in config.models for c in config.conditions
+         if (m, c) in epoch),
+        reverse=True,
+    )  # fmt: skip
+    jobs = max(1, min(estimate.jobs, len(durations)))
+    return len(config.lr_sweep) * schedule_seconds(durations, jobs)
 
 
 def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -28,6 +28,12 @@ GRADIENT_CLIP_MODES = ("gates", "value")
 # did (phased_lstm_experiments.optim.TimeGateAdam); "stored": plain Adam on the layer's stored
 # log_period and logit_r_on, whose steps are relative (r_on then learns ~20x slower).
 TIME_GATE_ADAM_MODES = ("direct", "stored")
+# When the test sets are read. "every-epoch": after every epoch, the history's curves (the paper's
+# protocol, as every preset but the long ones ran). "at-end": a validation split held out of the
+# training data is evaluated after every epoch instead, and the test sets once, after training,
+# with the weights of the best validation epoch (and of epoch 1): the test split then chooses
+# nothing. "never": validation only (the learning-rate sweep).
+TEST_SETS_MODES = ("every-epoch", "at-end", "never")
 
 # Protocol fields: runs made with different values are not comparable, so a --resume into a
 # folder written with other values is refused. The others (epochs, models, conditions, seeds,
@@ -43,10 +49,28 @@ PROTOCOL_FIELDS = (
     "gradient_clip_mode",
     "time_gate_adam",
     "hidden_size",
+    "validation_share",
+    "test_sets",
+    "patience",
+    "min_delta",
+    "learning_rates",
+    "lr_sweep",
+    "sweep_epochs",
 )
 # Folders written before these fields existed were trained with parameter clipping and plain
-# Adam on the stored time-gate parameters.
-_LEGACY_DEFAULTS = {"gradient_clip_mode": "value", "time_gate_adam": "stored"}
+# Adam on the stored time-gate parameters, tested every epoch, without a validation split, early
+# stopping or a learning-rate sweep.
+_LEGACY_DEFAULTS = {
+    "gradient_clip_mode": "value",
+    "time_gate_adam": "stored",
+    "validation_share": 0.0,
+    "test_sets": "every-epoch",
+    "patience": 0,
+    "min_delta": 0.0,
+    "learning_rates": {},
+    "lr_sweep": [],
+    "sweep_epochs": 0,
+}
 
 
 @dataclass
@@ -74,6 +98,15 @@ class ExperimentConfig:
     gives the ten times longer high-resolution sequences fewer examples). ``options`` holds the
     values of the task's own options (:class:`.tasks.TaskOption`); it is left out of
     ``config.json`` when empty, as folders of experiments without options always were.
+
+    Validation and stopping: ``validation_share`` of the training examples are held out (the
+    task's :meth:`~.tasks.Task.validation_data`) when ``test_sets`` is not ``"every-epoch"``
+    (see :data:`TEST_SETS_MODES`). With ``patience > 0`` a run stops once its validation
+    accuracy (loss, for regression) has not improved by ``min_delta`` within ``patience``
+    epochs; ``epochs`` is then the most it trains. ``learning_rates`` overrides
+    ``learning_rate`` per model; with ``lr_sweep``, each model first trains ``sweep_epochs``
+    epochs at each of those rates on the first seed, and the rate of the best validation
+    accuracy is its rate in the runs (recorded in ``results.json``).
     """
 
     experiment: str
@@ -92,6 +125,13 @@ class ExperimentConfig:
     hidden_size: int = 110
     condition_samples: dict[str, int] = field(default_factory=dict)
     threads: int = 0
+    validation_share: float = 0.0
+    test_sets: str = "every-epoch"
+    patience: int = 0
+    min_delta: float = 0.0
+    learning_rates: dict[str, float] = field(default_factory=dict)
+    lr_sweep: list[float] = field(default_factory=list)
+    sweep_epochs: int = 0
     trainer: TrainerOptions = field(default_factory=TrainerOptions)
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -103,7 +143,7 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ExperimentConfig:
-        data = {**_LEGACY_DEFAULTS, **data}
+        data = copy.deepcopy({**_LEGACY_DEFAULTS, **data})
         data["trainer"] = TrainerOptions(**data.get("trainer", {}))
         return cls(**data)
 
@@ -111,9 +151,22 @@ class ExperimentConfig:
         """Every (model, condition, seed) of this experiment, in the order they are run."""
         return get_task(self.experiment).runs(self)
 
+    @property
+    def validates(self) -> bool:
+        """Whether the runs evaluate a validation split after every epoch (not the test sets)."""
+        return self.test_sets != "every-epoch"
+
+    def learning_rate_for(self, model: str) -> float:
+        """Adam's learning rate for ``model``'s runs."""
+        return self.learning_rates.get(model, self.learning_rate)
+
     def samples_for(self, condition: str) -> int:
         """Training examples per epoch under ``condition``."""
         return self.condition_samples.get(condition, self.samples_per_epoch)
+
+    def evaluation_samples(self) -> int:
+        """Examples evaluated after every epoch (the validation split's or the test sets')."""
+        return get_task(self.experiment).evaluation_samples(self)
 
     def run_cost(self, condition: str) -> float:
         """A relative measure of the duration of one epoch under ``condition``."""
@@ -145,14 +198,18 @@ def run_name(model: str, condition: str, seed: int) -> str:
     return f"{model}-{condition}-seed{seed}"
 
 
+def is_finished(config: ExperimentConfig, record: dict | None) -> bool:
+    """Whether a run's ``results.json`` record is final: trained to ``config.epochs``, or
+    stopped early by its validation accuracy."""
+    if record is None:
+        return False
+    return record["epochs"] >= config.epochs or bool(record.get("stopped_early"))
+
+
 def pending_runs(config: ExperimentConfig, results: dict) -> list[tuple[str, str, int]]:
-    """The runs of ``config`` that ``results`` does not record as trained to ``config.epochs``."""
-    pending = []
-    for run in config.runs():
-        done = results["runs"].get(run_name(*run))
-        if done is None or done["epochs"] < config.epochs:
-            pending.append(run)
-    return pending
+    """The runs of ``config`` that ``results`` does not record as finished."""
+    runs = results["runs"]
+    return [run for run in config.runs() if not is_finished(config, runs.get(run_name(*run)))]
 
 
 def model_spec(config: ExperimentConfig, model: str, condition: str) -> ModelSpec:
@@ -188,9 +245,11 @@ __all__ = [
     "MODEL_NAMES",
     "PRESETS",
     "PROTOCOL_FIELDS",
+    "TEST_SETS_MODES",
     "TIME_GATE_ADAM_MODES",
     "ExperimentConfig",
     "TrainerOptions",
+    "is_finished",
     "model_spec",
     "parameter_clip",
     "pending_runs",

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from .config import ExperimentConfig, TrainerOptions, run_name
+from .config import ExperimentConfig, TrainerOptions, is_finished, run_name
 from .files import ExperimentError
 from .runner import (
     _watch_parent,
@@ -81,7 +81,7 @@ class RunTiming:
 
     def epoch_seconds(self, config: ExperimentConfig, condition: str) -> float:
         training = math.ceil(config.samples_for(condition) / config.batch_size)
-        test = math.ceil(config.test_samples / config.batch_size)
+        test = math.ceil(config.evaluation_samples() / config.batch_size)
         return training * self.training_batch + test * self.test_pass + self.epoch_rest
 
     def run_seconds(self, config: ExperimentConfig, condition: str, epochs: int) -> float:
@@ -205,8 +205,7 @@ def epochs_left(config: ExperimentConfig, results: dict, out: Path | None) -> di
     ``out`` (what ``--resume`` continues), all of them otherwise."""
     left = {}
     for run in config.runs():
-        done = results.get("runs", {}).get(run_name(*run))
-        if done is not None and done.get("epochs", 0) >= config.epochs:
+        if is_finished(config, results.get("runs", {}).get(run_name(*run))):
             left[run] = 0
             continue
         trained = 0

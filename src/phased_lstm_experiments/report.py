@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import sys
 from pathlib import Path
 
 from .config import ExperimentConfig, pending_runs
@@ -90,7 +91,9 @@ def results_markdown(
     lines = [f"# Phased LSTM reproduction: {task.title}", ""]
     lines += _protocol_lines(config, results, selected or config)
     lines += task.tables(config, results)
+    lines += _sweep_lines(config, results)
     lines += _timing_lines(results)
+    lines += _epoch_time_lines(config, results)
     if figures:
         lines += ["", "## Figures", ""]
         lines += [f"![{name}]({name})" for name in figures]
@@ -114,7 +117,8 @@ def _protocol_lines(
         f"- preset `{config.preset}`; this report covers models {', '.join(config.models)}; "
         f"conditions {', '.join(config.conditions)}; seeds {seeds}",
         f"- {task.examples_text(config)}, batch {config.batch_size}, "
-        f"Adam lr {config.learning_rate:g}, {config.hidden_size} units",
+        f"Adam lr {_rates_text(config, results)}, {config.hidden_size} units",
+        *_validation_lines(config),
         *options,
         f"- gradient clipping: {_clip_text(config)}",
         f"- Adam on the Phased LSTM's time gate: {_time_gate_adam_text(config)}",
@@ -127,6 +131,101 @@ def _protocol_lines(
         f"{len(selected.runs())}; runs recorded in this folder: {len(results['runs'])}",
         "",
     ]
+
+
+def _rates_text(config: ExperimentConfig, results: dict) -> str:
+    rates = {**config.learning_rates, **results.get("learning_rates", {})}
+    if not rates:
+        return f"{config.learning_rate:g}"
+    chosen = ", ".join(f"{m} {rates[m]:g}" for m in config.models if m in rates)
+    if config.lr_sweep:
+        return f"per model, chosen by the sweep below: {chosen}"
+    return chosen
+
+
+def _validation_lines(config: ExperimentConfig) -> list[str]:
+    if not config.validates:
+        return ["- the test sets evaluated after every epoch (the curves are test accuracy)"]
+    lines = [
+        f"- validation: {config.validation_share:g} of the training examples held out and "
+        "evaluated after every epoch (the curves are validation accuracy)"
+    ]
+    if config.test_sets == "at-end":
+        lines.append(
+            "- the test sets read once, after training, by the weights of each run's best "
+            "validation epoch (and by those after epoch 1)"
+        )
+    if config.patience > 0:
+        lines.append(
+            f"- early stopping: a run stops once its validation accuracy has not improved by "
+            f"{100 * config.min_delta:g} points in {config.patience} epochs (at most "
+            f"{config.epochs} epochs)"
+        )
+    return lines
+
+
+def _sweep_lines(config: ExperimentConfig, results: dict) -> list[str]:
+    sweep = results.get("sweep")
+    if not sweep:
+        return []
+    rates = sorted({rate for scores in sweep["scores"].values() for rate in scores}, key=float)
+    chosen = results.get("learning_rates", {})
+    lines = [
+        "",
+        "## Learning-rate sweep",
+        "",
+        f"Best validation accuracy (%) within {sweep['epochs']} epochs of seed {sweep['seed']}, "
+        "per model and Adam learning rate; the chosen rate in bold. The test split is not read.",
+        "",
+        "| model | " + " | ".join(rates) + " |",
+        "|---|" + "---|" * len(rates),
+    ]
+    for model, scores in sweep["scores"].items():
+        cells = []
+        for rate in rates:
+            text = f"{100 * scores[rate]:.1f}" if rate in scores else "—"
+            if model in chosen and f"{chosen[model]:g}" == rate:
+                text = f"**{text}**"
+            cells.append(text)
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _epoch_time_lines(config: ExperimentConfig, results: dict) -> list[str]:
+    """Where an epoch's time went, per model: the network's forward and backward passes, the
+    evaluation, and the rest (data, optimiser, logs, checkpoint), as means over epochs."""
+    per_model: dict[str, list[dict]] = {}
+    for record in results["runs"].values():
+        rows = [row for row in record["history"] if "time_epoch_s" in row]
+        per_model.setdefault(record["model"], []).extend(rows)
+    if not any(per_model.values()):
+        return []
+    lines = [
+        "",
+        "## Where an epoch's time goes",
+        "",
+        "Means over every epoch of every run (runs side by side share the cores): the "
+        "network's forward and backward passes on the training batches, the evaluation after "
+        "the epoch, everything else (loading and collating batches, optimiser steps, logs), and "
+        "the epoch's wall time over the forward and backward time.",
+        "",
+        "| model | epochs | forward+backward (s) | evaluation (s) | rest (s) | epoch (s) | epoch / "
+        "forward+backward |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for model in config.models:
+        rows = per_model.get(model)
+        if not rows:
+            continue
+        model_s = sum(r["time_model_s"] for r in rows) / len(rows)
+        eval_s = sum(r["time_eval_s"] for r in rows) / len(rows)
+        epoch_s = sum(r["time_epoch_s"] for r in rows) / len(rows)
+        ratio = f"{epoch_s / model_s:.2f}" if model_s > 0 else "—"
+        lines.append(
+            f"| {model} | {len(rows)} | {model_s:.1f} | {eval_s:.1f} | "
+            f"{epoch_s - model_s - eval_s:.1f} | {epoch_s:.1f} | {ratio} |"
+        )
+    return lines
 
 
 def _finished(config: ExperimentConfig, results: dict) -> int:
@@ -174,7 +273,8 @@ def _timing_lines(results: dict) -> list[str]:
     lines = ["", "## Wall time", "", "| run | epochs | wall time (s) |", "|---|---|---|"]
     total = 0.0
     for name, record in results["runs"].items():
-        wall = record["final"].get("wall_s", 0.0)
+        last = record["history"][-1] if record["history"] else record["final"]
+        wall = last.get("wall_s", 0.0)
         total += wall
         lines.append(f"| {name} | {record['epochs']} | {wall:.0f} |")
     lines.append(f"| all runs: sum of run times | | {total:.0f} |")
@@ -206,7 +306,15 @@ def write_figures(config: ExperimentConfig, results: dict, out: Path) -> list[st
 
     matplotlib.use("Agg")
     figures = get_task(config.experiment).figures(config, results)
-    return [_save(draw(), out, name) for name, draw in figures]
+    saved = []
+    for name, draw in figures:
+        # A figure that cannot be drawn from the runs so far must not end the command that
+        # trains them: it is left out of this report, with the reason on stderr.
+        try:
+            saved.append(_save(draw(), out, name))
+        except Exception as error:  # noqa: BLE001
+            print(f"phased-lstm: figure {name} not drawn: {error!r}", file=sys.stderr, flush=True)
+    return saved
 
 
 def _save(figure, out: Path, name: str) -> str:

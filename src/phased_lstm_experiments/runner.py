@@ -47,6 +47,7 @@ from .config import (
 )
 from .files import ExperimentError, Interrupted, check_writable, write_atomic, write_json
 from .progress import Progress
+from .sweep import sweep_learning_rates
 from .tasks import get_task
 from .training import TaskData, TaskModule
 
@@ -251,9 +252,11 @@ def build_run(config: ExperimentConfig, model: str, condition: str, seed: int):
     module = TaskModule(
         task.build_model(model, spec),
         classify=spec.classify,
-        learning_rate=config.learning_rate,
+        learning_rate=config.learning_rate_for(model),
         time_gate_adam=config.time_gate_adam,
         evaluation_metrics=task.evaluation_metrics,
+        patience=config.patience,
+        min_delta=config.min_delta,
     )
     return module, TaskData(task, config, model, condition, seed)
 
@@ -271,7 +274,12 @@ def train_run(
     """Train one run to ``config.epochs`` (continuing from its last checkpoint) and return its
     record for ``results.json``, with the task's ``final_measures`` of the trained network as
     ``measures`` when it has any. ``report`` receives its progress events (:mod:`.progress`);
-    ``callbacks`` go to the Trainer besides the run's own."""
+    ``callbacks`` go to the Trainer besides the run's own.
+
+    A run that validates (``config.test_sets`` "at-end") may stop early (``stopped_early``);
+    its ``final`` is then the test sets' metrics of the weights of its best validation epoch
+    (``best_epoch``, with that epoch's validation metrics), and ``first`` those of the weights
+    after epoch 1. With "never", ``final`` is the last epoch's row, validation only."""
     name = run_name(model, condition, seed)
     run_dir = out / "runs" / name
     checkpoint = checkpoint_path(out, name)
@@ -311,6 +319,22 @@ def train_run(
         "history": module.history,
         "final": module.history[-1] if module.history else {},
     }
+    if config.learning_rates or config.lr_sweep:
+        record["learning_rate"] = config.learning_rate_for(model)
+    if config.patience > 0:
+        record["stopped_early"] = module.should_stop()
+    if trainer.is_global_zero and config.test_sets == "at-end" and module.best_state is not None:
+        # The test split is read here only, by the weights the validation split chose.
+        loaders = data.test_loaders()
+        best = {k: v for k, v in module.history[module.best_epoch - 1].items() if k != "epoch"}
+        if module.first_state is not None:
+            record["first"] = module.evaluate(loaders, module.first_state)
+        record["best_epoch"] = module.best_epoch
+        record["final"] = {
+            "epoch": module.best_epoch,
+            **best,
+            **module.evaluate(loaders, module.best_state),
+        }
     if trainer.is_global_zero:
         task = get_task(config.experiment)
         measures = task.final_measures(config, model, condition, seed, module.model)
@@ -412,6 +436,10 @@ def run_experiment(
             raise ExperimentError(
                 f"--out {out} cannot be written: {error.strerror or error}"
             ) from None
+    if config.lr_sweep:
+        config = sweep_learning_rates(config, out, results, resume, run_experiment)
+        if writer:
+            write_json(out / "results.json", {**results, "config": config.to_dict()})
     pending = pending_runs(config, results)
     jobs = min(config.trainer.jobs, len(pending))
     if jobs > 1:

@@ -206,6 +206,22 @@ class Task:
         """
         raise NotImplementedError
 
+    def validation_data(
+        self, config: ExperimentConfig, model: str, condition: str, seed: int
+    ) -> Dataset:
+        """The validation set of one run, evaluated after every epoch when ``config.validates``:
+        examples that :meth:`train_data` never yields, fixed for the run. A task without a
+        validation split says so."""
+        raise ValueError(
+            f"the {self.name} experiment has no validation split; its runs test every epoch "
+            '(test_sets "every-epoch")'
+        )
+
+    def evaluation_samples(self, config: ExperimentConfig) -> int:
+        """Examples of the main set evaluated after every epoch: ``test_samples`` by default
+        (the test set, or a validation set of that size)."""
+        return config.test_samples
+
     def collate(self, model: str) -> Callable[[list], tuple[Tensor, ...]]:
         """The DataLoader's ``collate_fn`` for ``model``'s batches."""
         return collate_trimmed
@@ -276,7 +292,7 @@ class SyntheticTask(Task):
     """Mean sequence length per condition, for :meth:`run_cost`."""
     default_mean_steps: ClassVar[float] = 100.0
 
-    _TRAIN_STREAM, _TEST_STREAM = 0, 1
+    _TRAIN_STREAM, _TEST_STREAM, _VALIDATION_STREAM = 0, 1, 2
 
     def generate(
         self, condition: str, n: int, rng: np.random.Generator
@@ -293,9 +309,17 @@ class SyntheticTask(Task):
         return TensorDataset(*self._draw(condition, n, seed, self._TRAIN_STREAM, epoch))
 
     def test_data(self, config, model, condition, seed) -> dict[str, Dataset]:
-        tensors = self._draw(condition, config.test_samples, seed, self._TEST_STREAM)
+        return {"test": self._fixed_set(condition, config.test_samples, seed, self._TEST_STREAM)}
+
+    def validation_data(self, config, model, condition, seed) -> Dataset:
+        """``test_samples`` examples of a stream of their own (``SeedSequence([seed, 2])``):
+        the training data is drawn afresh, so it never holds them either."""
+        return self._fixed_set(condition, config.test_samples, seed, self._VALIDATION_STREAM)
+
+    def _fixed_set(self, condition: str, n: int, seed: int, stream: int) -> Dataset:
+        tensors = self._draw(condition, n, seed, stream)
         order = torch.argsort(tensors[2], stable=True)
-        return {"test": TensorDataset(*(tensor[order] for tensor in tensors))}
+        return TensorDataset(*(tensor[order] for tensor in tensors))
 
     def run_cost(self, config, condition) -> float:
         steps = self.mean_steps.get(condition, self.default_mean_steps)
