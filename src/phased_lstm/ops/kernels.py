@@ -38,6 +38,8 @@ from types import ModuleType
 
 import torch
 
+from .._version import __version__
+
 CSRC = Path(__file__).with_name("csrc")
 LOCK_TIMEOUT_ENV = "PHASED_LSTM_BUILD_LOCK_TIMEOUT"
 DEFAULT_LOCK_TIMEOUT = 600.0
@@ -73,8 +75,6 @@ class BuildSpec:
     name: str = field(init=False)
 
     def __post_init__(self) -> None:
-        from .. import __version__
-
         digest = hashlib.sha256()
         for path in (*self.sources, *self.headers):
             digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
