@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from phased_lstm import PhasedLSTM, PhasedLSTMCell
-from phased_lstm.ops import kernels
+from phased_lstm.ops._cpu import kernels
 
 f32, f64 = torch.float32, torch.float64
 TOL = {f32: dict(rtol=2e-5, atol=2e-6), f64: dict(rtol=1e-10, atol=1e-12)}

@@ -14,10 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ..ops import backends
-from ..ops.fused import needs_grad
-from ..ops.gate import sequence_gate
-from ..ops.kernels import kernel_module
+from ..ops import Plan, plan, sequence_gate
+from ..ops._planner import needs_grad
 from ._parameters import TimeGateValues, Weights, create_direction, gate_values
 from .settings import TimeGateSettings, setting
 
@@ -119,9 +117,10 @@ class PhasedModule(nn.Module):
         return self.settings.repr_parts()
 
     # ----------------------------------------------------------- the streaming step's cache
-    # The streaming step (ops/csrc/stream.cpp) holds what it computes with, prepared once from
-    # this module's tensors. It notices in-place changes itself (version counters and storage);
-    # what replaces a tensor, converts the module or changes its mode or settings forgets it.
+    # The streaming step (a backend's: "sparse" runs ops/_cpu/csrc/stream.cpp) holds what it
+    # computes with, prepared once from this module's tensors. It notices in-place changes itself
+    # (version counters and storage); what replaces a tensor, converts the module or changes its
+    # mode or settings forgets it.
     def __setattr__(self, name: str, value) -> None:
         super().__setattr__(name, value)
         if isinstance(value, Tensor) or name == "training":
@@ -138,15 +137,13 @@ class PhasedModule(nn.Module):
         return state
 
     def _make_stream(self):
-        """The compiled streaming step prepared from this module's tensors, or ``False`` where
-        it does not apply: training with a leak or dropout (every neuron moves, or the layers
-        draw random numbers), a bidirectional layer (the reverse direction needs the whole
-        sequence), another backend asked for, tensors off the CPU or not float32/float64,
-        parametrised weights, or kernels that could not be built (the general path warns about
-        those)."""
+        """The streaming step prepared from this module's tensors by the backend the planner
+        picks for it, or ``False`` where there is none: training with a leak or dropout (every
+        neuron moves, or the layers draw random numbers), a bidirectional layer (the reverse
+        direction needs the whole sequence), parametrised weights, or no backend with a
+        streaming step for these tensors (the general path then runs, and reports what
+        cannot)."""
         settings = self.settings
-        if settings.backend not in ("auto", "sparse"):
-            return False
         if self.training and (settings.leak > 0 or getattr(self, "dropout", 0.0) > 0):
             return False
         if getattr(self, "bidirectional", False) or parametrize.is_parametrized(self):
@@ -154,13 +151,8 @@ class PhasedModule(nn.Module):
         tensors = [
             t for t in (*self._parameters.values(), *self._buffers.values()) if t is not None
         ]
-        dtype = tensors[0].dtype
-        if dtype not in (torch.float32, torch.float64) or any(
-            t.dtype != dtype or t.device.type != "cpu" for t in tensors
-        ):
-            return False
-        extension = kernel_module()
-        if extension is None:
+        chosen = plan(settings.backend, tensors=tuple(tensors), stream=True)
+        if chosen is None:
             return False
         parts: dict[str, list] = {name: [] for name in ("w_ih", "w_hh", "bias", "w_ch", "gate")}
         with torch.no_grad():
@@ -175,7 +167,7 @@ class PhasedModule(nn.Module):
                 )
                 parts["gate"].append(gate_values(weights))
         period, shift, r_on = (list(values) for values in zip(*parts["gate"], strict=True))
-        return extension.Stream(
+        return chosen.backend.stream(
             parts["w_ih"],
             parts["w_hh"],
             parts["bias"],
@@ -219,7 +211,7 @@ class PhasedModule(nn.Module):
         as in :func:`phased_lstm.ops.recurrence` when the samples are sorted by length."""
         weights = self._weights(suffix)
         grad = needs_grad(x, h0, c0, *weights)
-        plan = backends.plan(
+        chosen = plan(
             self.settings.backend,
             device=x.device,
             dtype=weights.weight_hh.dtype,
@@ -234,7 +226,7 @@ class PhasedModule(nn.Module):
                 part = slice(start, start + EVAL_CHUNK)
                 h_seq, h, c = self._run_chunk(
                     weights,
-                    plan,
+                    chosen,
                     x[part],
                     times[part],
                     None if mask is None else mask[part],
@@ -244,12 +236,12 @@ class PhasedModule(nn.Module):
                 )
                 h_seqs.append(h_seq)
             return torch.cat(h_seqs), h, c
-        return self._run_chunk(weights, plan, x, times, mask, h0, c0, batch_sizes)
+        return self._run_chunk(weights, chosen, x, times, mask, h0, c0, batch_sizes)
 
     def _run_chunk(
         self,
         weights: Weights,
-        plan: backends.Plan,
+        chosen: Plan,
         x: Tensor,
         times: Tensor,
         mask: Tensor | None,
@@ -264,13 +256,13 @@ class PhasedModule(nn.Module):
         # k = 0 on padded steps: the state is held there exactly, so h_n is the last valid one.
         gates_x = F.linear(x, weights.weight_ih, bias)
         leak = self.settings.leak if self.training else 0.0
-        work = plan.compute_dtype
-        k = sequence_gate(times, *gate_values(weights), leak, mask, work, backend=plan)
+        work = chosen.compute_dtype
+        k = sequence_gate(times, *gate_values(weights), leak, mask, work, backend=chosen)
         clip = math.inf if self.settings.grad_clip is None else self.settings.grad_clip
         dtype = weights.weight_hh.dtype
         tensors = (gates_x, k, weights.weight_hh, weights.weight_ch, h0, c0)
-        # float16/bfloat16 layers run the recurrence in float32 (see backends.compute_dtype);
+        # float16/bfloat16 layers run the recurrence in float32 (see the planner's compute_dtype);
         # under autocast gates_x may come in another dtype than the parameters'.
         tensors = tuple(None if t is None else t.to(work) for t in tensors)
-        h_seq, h_n, c_n = plan.backend.recurrence(*tensors, clip, batch_sizes)
+        h_seq, h_n, c_n = chosen.backend.recurrence(*tensors, clip, batch_sizes)
         return h_seq.to(dtype), h_n.to(dtype), c_n.to(dtype)

@@ -16,8 +16,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
 from .. import _checks
-from ..ops import backends
-from ..ops.gate import sequence_gate
+from ..ops import plan, sequence_gate
 from ._base import PhasedModule
 from ._parameters import gate_values, init_direction
 from ._steps import (
@@ -426,7 +425,7 @@ class PhasedLSTM(PhasedModule):
         for layer in range(self.num_layers):
             for suffix in self._suffixes(layer):
                 weights = self._weights(suffix)
-                plan = backends.plan(
+                chosen = plan(
                     self.settings.backend,
                     device=times.device,
                     dtype=weights.shift.dtype,
@@ -437,8 +436,8 @@ class PhasedLSTM(PhasedModule):
                     *gate_values(weights),
                     0.0,
                     steps.mask,
-                    plan.compute_dtype,
-                    backend=plan,
+                    chosen.compute_dtype,
+                    backend=chosen,
                 )
                 total += float((k > 0).sum()) / (count * self.hidden_size)
                 directions += 1

@@ -38,7 +38,7 @@ from types import ModuleType
 
 import torch
 
-from .._version import __version__
+from ..._version import __version__
 
 CSRC = Path(__file__).with_name("csrc")
 LOCK_TIMEOUT_ENV = "PHASED_LSTM_BUILD_LOCK_TIMEOUT"
