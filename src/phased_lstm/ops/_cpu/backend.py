@@ -41,7 +41,7 @@ from torch import Tensor
 
 from .._planner import Backend, needs_grad, plan
 from ..reference import reference_recurrence, valid_rows_of
-from .kernels import FIX, build_error, kernel_module, kernels_available
+from .kernels import build_error, build_fix, kernel_module, kernels_available
 
 f64 = torch.float64
 # The dtypes the kernels compute in.
@@ -134,7 +134,7 @@ def _unavailable() -> str | None:
     error = build_error()
     if error is None:
         return None
-    return f"it needs the C++ kernels, which could not be built ({error}). To fix it, {FIX}"
+    return f"it needs the C++ kernels, which could not be built ({error}). To fix it, {build_fix()}"
 
 
 def _warn_passed_over() -> None:
