@@ -57,6 +57,15 @@ class Backend:
         name: the string users pass as ``backend=``.
         recurrence: a function with the signature of :func:`phased_lstm.ops.recurrence`
             (without ``backend``); ``grad_clip`` arrives as ``math.inf`` when unset.
+        devices: device types it runs on (``("cpu",)``); ``None`` for any.
+        dtypes: dtypes it computes in; ``None`` for any. All tensors of a call share one.
+        gradients: whether it computes gradients; a backend without them is chosen by
+            ``"auto"`` only when no gradient is needed.
+        packed: whether it takes the packed layout (``gates_x`` of shape ``(S, 4H)``).
+        priority: ``"auto"`` picks the eligible backend with the highest.
+        unavailable: optional check, ``None`` when the backend can run in this process, else
+            why not (e.g. a package that does not import, kernels that could not be built).
+        fix: what a user can do when it is asked for and cannot run.
         gate: its own time gate, a function
             ``(times, period, shift, r_on, leak, valid, dtype) -> k`` like
             :func:`phased_lstm.ops.sequence_gate` (without ``backend``), or ``None`` for the
@@ -70,31 +79,24 @@ class Backend:
             ``cell(x, t, hx, 0.0)`` and ``advance(x, t, h, c, 0.0)`` that answer ``None``
             where they do not apply and ``NotImplemented`` when a tensor changed since. It
             runs without gradients, in the module's own dtype.
-        devices: device types it runs on (``("cpu",)``); ``None`` for any.
-        dtypes: dtypes it computes in; ``None`` for any. All tensors of a call share one.
-        gradients: whether it computes gradients; a backend without them is chosen by
-            ``"auto"`` only when no gradient is needed.
-        packed: whether it takes the packed layout (``gates_x`` of shape ``(S, 4H)``).
-        priority: ``"auto"`` picks the eligible backend with the highest.
-        unavailable: optional check, ``None`` when the backend can run in this process, else
-            why not (e.g. a package that does not import, kernels that could not be built).
         passed_over: optional, called when ``"auto"`` passes the backend over because it is
             unavailable (the compiled CPU backends warn once there).
-        fix: what a user can do when it is asked for and cannot run.
     """
 
     name: str
     recurrence: RecurrenceFn
-    gate: GateFn | None = None
-    stream: StreamFn | None = None
     devices: tuple[str, ...] | None = None
     dtypes: tuple[torch.dtype, ...] | None = None
     gradients: bool = True
     packed: bool = False
     priority: int = 0
     unavailable: Callable[[], str | None] | None = None
-    passed_over: Callable[[], object] | None = None
     fix: str = "use backend='reference'"
+    # Replace the flags needs_kernels and kernel_gate of earlier versions (a backend now says
+    # itself whether it can run, and brings its gate instead of naming a built-in one).
+    gate: GateFn | None = None
+    stream: StreamFn | None = None
+    passed_over: Callable[[], object] | None = None
 
 
 @dataclass(frozen=True)
