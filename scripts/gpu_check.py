@@ -11,7 +11,7 @@ final states and every input gradient of the op against the float64 reference lo
 grad_clip, batch_sizes, the packed layout, float32, float64 and bfloat16, and the layer end to
 end. ``--device cpu`` runs it in Triton's interpreter (set TRITON_INTERPRET=1) on small shapes.
 
-The sweep times the op itself (``phased_lstm.ops.triton_rnn.recurrence``: no input projection,
+The sweep times the op itself (``ops._triton.recurrence.recurrence``: no input projection,
 no time gate) at the benchmark's shapes for each plan: a training step (forward and backward of
 ``h.sum()``) and an inference forward, in milliseconds (median of CUDA-event timings). Each
 plan's output and input gradient on the first steps are compared with the float64 reference
@@ -171,7 +171,7 @@ def sweep_plans(rnn) -> tuple[list, list]:
 
 
 def sweep() -> int:
-    from phased_lstm.ops import triton_backend
+    from phased_lstm.ops._triton import backend as triton_backend
 
     rnn, _ = triton_backend._kernels()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
@@ -219,7 +219,7 @@ def _skip_closed(rnn) -> None:
 def _time_gate() -> None:
     """The time gate of the paper's shape (T 1000, B 32, H 110), forward and backward: the Triton
     kernel against the same function in plain PyTorch."""
-    from phased_lstm.ops.gate import sequence_gate
+    from phased_lstm.ops import sequence_gate
 
     f64 = torch.float64
     times = torch.rand(1000, 32, dtype=f64, device="cuda").mul(2).cumsum(0)

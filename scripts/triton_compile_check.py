@@ -11,7 +11,7 @@ memory that cuobjdump (shipped with Triton) reads from the cubin, and whether th
 the tensor cores (mma/wgmma) or FMAs, and the barriers in its code. Nothing runs: the outputs
 are garbage.
 
-This is how the tile sizes of ``phased_lstm.ops.triton_rnn._plan`` were checked under Triton 3.6
+This is how the tile sizes of ``ops._triton.recurrence._plan`` were checked under Triton 3.6
 and 3.9: a kernel must stay within 255 registers per thread, and a stack above a few bytes means
 spills.
 """
@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         return launch
 
     JITFunction.__getitem__ = launch_compiles_only
-    from phased_lstm.ops import triton_gate, triton_rnn
+    from phased_lstm.ops._triton import gate as triton_gate
+    from phased_lstm.ops._triton import recurrence as triton_rnn
 
     print(f"triton {triton.__version__}, sm_{args.arch}")
     cases = [

@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from phased_lstm import PhasedLSTM, ops
-from phased_lstm.ops import backends, kernels, reference_recurrence, triton_backend
+from phased_lstm.ops import _planner as backends
+from phased_lstm.ops import reference_recurrence
+from phased_lstm.ops._cpu import kernels
+from phased_lstm.ops._triton import backend as triton_backend
 
 f64 = torch.float64
 built = kernels.build_error() is None

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from phased_lstm import PhasedLSTM
-from phased_lstm.ops import kernels
+from phased_lstm.ops._cpu import kernels
 
 f64 = torch.float64
 pytestmark = pytest.mark.skipif(

@@ -7,7 +7,9 @@ import re
 import pytest
 
 import phased_lstm.functional
-import phased_lstm.modules
+import phased_lstm.nn.cell
+import phased_lstm.nn.layer
+import phased_lstm.nn.stream
 import phased_lstm.optim
 import phased_lstm.tuning
 
@@ -16,7 +18,14 @@ README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 @pytest.mark.parametrize(
     "module",
-    [phased_lstm.functional, phased_lstm.modules, phased_lstm.optim, phased_lstm.tuning],
+    [
+        phased_lstm.functional,
+        phased_lstm.nn.cell,
+        phased_lstm.nn.layer,
+        phased_lstm.nn.stream,
+        phased_lstm.optim,
+        phased_lstm.tuning,
+    ],
     ids=lambda m: m.__name__,
 )
 def test_docstring_examples(module):

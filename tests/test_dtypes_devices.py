@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from phased_lstm import PhasedLSTM, PhasedLSTMCell, time_gate
-from phased_lstm.ops import kernels, recurrence
+from phased_lstm.ops import recurrence
+from phased_lstm.ops._cpu import kernels
 from tests import paper_reference as ref
 
 f32, f64 = torch.float32, torch.float64

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from phased_lstm import PhasedLSTM, ops
-from phased_lstm.ops import fused, kernels, recurrence, reference_recurrence
+from phased_lstm.ops import recurrence, reference_recurrence
+from phased_lstm.ops._cpu import backend as fused
+from phased_lstm.ops._cpu import kernels
 
 f32, f64 = torch.float32, torch.float64
 DTYPES = {"f32": f32, "f64": f64}

@@ -4,8 +4,8 @@
 import pytest
 import torch
 
-from phased_lstm.ops import fused
-from phased_lstm.ops.gate import sequence_gate
+from phased_lstm.ops import sequence_gate
+from phased_lstm.ops._cpu import backend as fused
 from tests.paper_reference import gate as reference_gate
 
 f64 = torch.float64

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from phased_lstm import PhasedLSTM, PhasedLSTMCell
-from phased_lstm.ops import fused, recurrence
+from phased_lstm.ops import recurrence
+from phased_lstm.ops._cpu import backend as fused
 
 f64 = torch.float64
 BACKENDS = ["reference", "fused"]

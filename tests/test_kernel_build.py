@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from phased_lstm.ops import build, kernels
+from phased_lstm.ops import build
+from phased_lstm.ops._cpu import kernels
 
-SRC = str(Path(kernels.__file__).resolve().parents[2])
+SRC = str(Path(kernels.__file__).resolve().parents[3])
 
 
 def run_python(code, tmp_path, **env):
@@ -69,7 +70,7 @@ def test_a_stale_lock_falls_back_with_a_message_naming_the_file(tmp_path):
     code = """
     import warnings, torch
     from phased_lstm import PhasedLSTM
-    from phased_lstm.ops import kernels
+    from phased_lstm.ops._cpu import kernels
     spec = kernels.build_spec()
     spec.directory.mkdir(parents=True)
     spec.lock.touch()

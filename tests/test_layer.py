@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-import phased_lstm.modules
+import phased_lstm.nn._base
 from phased_lstm import PhasedLSTM, PhasedLSTMCell
 from tests import paper_reference as ref
 
@@ -34,7 +34,7 @@ def gate_open(monkeypatch):
         k = torch.ones(*times.shape, period.shape[0], dtype=dtype)
         return k if valid is None else k * valid.unsqueeze(-1)
 
-    monkeypatch.setattr(phased_lstm.modules, "sequence_gate", ones)
+    monkeypatch.setattr(phased_lstm.nn._base, "sequence_gate", ones)
 
 
 @pytest.mark.parametrize("num_layers", [1, 2], ids=lambda n: f"L{n}")
@@ -424,7 +424,7 @@ def test_inference_in_time_chunks_equals_one_pass(backend):
     # Without autograd the layer runs long sequences in chunks of steps to bound its memory.
     torch.manual_seed(0)
     layer = PhasedLSTM(2, 6, 2, bidirectional=True, r_on=0.2, backend=backend).eval()
-    length = 3 * phased_lstm.modules._EVAL_CHUNK + 17
+    length = 3 * phased_lstm.nn._base.EVAL_CHUNK + 17
     x = torch.randn(length, 3, 2)
     times = irregular_times(length, 3, scale=4000.0)
     lengths = torch.tensor([length, length - 300, 40])

@@ -6,7 +6,9 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from phased_lstm import PhasedLSTM
-from phased_lstm.ops import backends, kernels, recurrence, reference_recurrence
+from phased_lstm.ops import _planner as backends
+from phased_lstm.ops import recurrence, reference_recurrence
+from phased_lstm.ops._cpu import kernels
 
 f32, f64 = torch.float32, torch.float64
 TOL = {f32: dict(rtol=2e-5, atol=2e-5), f64: dict(rtol=1e-10, atol=1e-10)}

@@ -19,9 +19,9 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from phased_lstm import PhasedLSTM
 from phased_lstm.functional import time_gate
-from phased_lstm.ops import _resolve, recurrence, reference_recurrence, triton_backend
-from phased_lstm.ops.backends import get_backend
-from phased_lstm.ops.gate import sequence_gate
+from phased_lstm.ops import _resolve, recurrence, reference_recurrence, sequence_gate
+from phased_lstm.ops._planner import get_backend
+from phased_lstm.ops._triton import backend as triton_backend
 
 pytest.importorskip("triton", reason="the triton backend needs Triton (pip install '.[gpu]')")
 

@@ -5,11 +5,10 @@ inputs that arrive at any time, and a closed neuron does no work at evaluation.
 """
 
 from . import data, functional, ops, optim
+from ._version import __version__
 from .functional import time_gate
-from .modules import PhasedLSTM, PhasedLSTMCell, PhasedLSTMStream
+from .nn import PhasedLSTM, PhasedLSTMCell, PhasedLSTMStream
 from .tuning import TimeScales, suggest_period_range, time_scales
-
-__version__ = "0.1.0"
 
 __all__ = [
     "PhasedLSTM",

@@ -28,6 +28,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from . import _checks
+from .nn._steps import time_major, valid_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,19 +177,9 @@ def _time_major(times: object, lengths: object, batch_first: object) -> tuple[Te
             )
         times, lengths = pad_packed_sequence(times)
     else:
-        times = _checks.check_tensor("times", times)
-        if times.dim() == 1:
-            if lengths is not None:
-                raise ValueError("lengths must be None for one sequence of times, shape (L,)")
-            times = times.unsqueeze(1)
-        elif times.dim() == 2:
-            if batch_first:
-                times = times.transpose(0, 1)
-        else:
-            layout = "(N, L)" if batch_first else "(L, N)"
-            raise ValueError(
-                f"times must have shape {layout} or (L,), got {_checks.shape_str(times.shape)}"
-            )
+        if isinstance(times, Tensor) and times.dim() == 1 and lengths is not None:
+            raise ValueError("lengths must be None for one sequence of times, shape (L,)")
+        times = time_major(times, batch_first)
     if times.is_complex() or times.dtype == torch.bool:
         raise TypeError(f"times must be a real tensor, got {times.dtype}")
     length, batch = times.shape
@@ -200,8 +191,7 @@ def _time_major(times: object, lengths: object, batch_first: object) -> tuple[Te
     if lengths is None:
         mask = torch.ones_like(times, dtype=torch.bool)
     else:
-        lengths = _checks.check_lengths(lengths, batch, length).to(times.device)
-        mask = torch.arange(length, device=times.device).unsqueeze(1) < lengths
+        mask = valid_mask(lengths, length, batch, times.device)
     return times.to(torch.float64), mask
 
 

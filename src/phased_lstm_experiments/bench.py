@@ -573,7 +573,7 @@ def _resolved_backends(backend: str, device: str = "cpu") -> str:
     if backend != "auto":
         return backend
     if device != "cpu":
-        from phased_lstm.ops.backends import plan
+        from phased_lstm.ops import plan
 
         def chosen(needs_grad: bool) -> str:
             return plan(
@@ -581,11 +581,12 @@ def _resolved_backends(backend: str, device: str = "cpu") -> str:
             ).backend.name
 
         return f"auto -> {chosen(True)} (train), {chosen(False)} (eval)"
-    from phased_lstm.ops import fused
+    from phased_lstm.ops import build_kernels
 
-    error = fused.build_error()
-    if error is not None:
-        return f"auto -> reference (C++ kernels unavailable: {error})"
+    try:
+        build_kernels()  # finds them built, or says why they cannot be
+    except RuntimeError as error:
+        return f"auto -> reference ({error})"
     return "auto -> fused (train), sparse (eval)"
 
 

@@ -1,18 +1,20 @@
-"""The recurrence op behind every Phased LSTM module, and the registry of its backends.
+"""The ops behind every Phased LSTM module, and the registry of their backends.
 
-Modules compute the input projection and the time gate of all steps outside the loop and hand
-the recurrence to :func:`recurrence`; a backend is a function with exactly its signature,
-registered with what it can run (:mod:`phased_lstm.ops.backends`).
+Modules compute the input projection outside the loop, then ask the planner (:func:`plan`)
+once per layer and direction who runs the time gate of all steps (:func:`sequence_gate`) and
+the recurrence (:func:`recurrence`). A backend is a :class:`Backend`: a recurrence with the
+signature of :func:`recurrence`, optionally its own gate and streaming step, and what it can
+run; :func:`register_backend` adds one.
 
 Backends: ``"reference"`` (a readable autograd loop, any device and dtype, any order of
-gradients), ``"fused"`` (C++ forward and hand-written backward, CPU), ``"sparse"`` (C++
-inference that skips neurons whose time gate is closed, CPU, no gradients); see
-:mod:`phased_lstm.ops.fused`; and ``"triton"`` (GPU kernels with the time loop inside,
+gradients; :mod:`phased_lstm.ops.reference`), ``"fused"`` (C++ forward and hand-written
+backward, CPU), ``"sparse"`` (C++ inference that skips neurons whose time gate is closed, CPU,
+no gradients, and the streaming step); and ``"triton"`` (GPU kernels with the time loop inside,
 training and inference, float32/float64 and bfloat16/float16 with float32 state; needs the
-optional Triton), see :mod:`phased_lstm.ops.triton_backend`. ``"auto"`` takes ``"triton"`` for
-CUDA tensors when Triton imports; on the CPU ``"sparse"`` when no gradient is needed and
-``"fused"`` when one is, for float32/float64 inputs once the kernels are built; and the
-reference otherwise. The compiled backends agree with the reference to float rounding.
+optional Triton). ``"auto"`` takes ``"triton"`` for CUDA tensors when Triton imports; on the CPU
+``"sparse"`` when no gradient is needed and ``"fused"`` when one is, for float32/float64 inputs
+once the kernels are built; and the reference otherwise. The compiled backends agree with the
+reference to float rounding. Their code is private (``ops/_cpu``, ``ops/_triton``).
 """
 
 from __future__ import annotations
@@ -23,73 +25,71 @@ import torch
 from torch import Tensor
 
 from .. import _checks
-from . import triton_backend
-from .backends import (
+from ._cpu.backend import FUSED, SPARSE, fused_recurrence, sparse_recurrence
+from ._cpu.kernels import build_kernels
+from ._planner import (
     Backend,
+    Plan,
     RecurrenceFn,
     available_backends,
-    call_of,
     check_backend,
-    choose,
+    plan,
     register_backend,
 )
-from .fused import fused_recurrence, sparse_recurrence
-from .kernels import build_kernels
+from ._triton.backend import TRITON, triton_recurrence
 from .reference import reference_recurrence
-from .triton_backend import triton_recurrence
-
-_CPU_FLOATS = (torch.float32, torch.float64)
 
 register_backend(Backend("reference", reference_recurrence, packed=True, priority=0))
-register_backend(
-    Backend(
-        "fused",
-        fused_recurrence,
-        devices=("cpu",),
-        dtypes=_CPU_FLOATS,
-        gradients=True,
-        packed=True,
-        needs_kernels=True,
-        kernel_gate=True,
-        priority=10,
-    )
-)
-register_backend(
-    Backend(
-        "sparse",
-        sparse_recurrence,
-        devices=("cpu",),
-        dtypes=_CPU_FLOATS,
-        gradients=False,
-        packed=True,
-        needs_kernels=True,
-        kernel_gate=True,
-        priority=20,
-    )
-)
+register_backend(FUSED)
+register_backend(SPARSE)
+register_backend(TRITON)
 
 
 def _resolve(backend: str, tensors: tuple[Tensor | None, ...]) -> RecurrenceFn:
     """The recurrence function that runs these tensors for ``backend``."""
-    return choose(backend, call_of(tensors)).recurrence
+    return plan(backend, tensors=tensors).backend.recurrence
 
 
-register_backend(
-    Backend(
-        "triton",
-        triton_recurrence,
-        devices=triton_backend.DEVICES,
-        dtypes=triton_backend.DTYPES,
-        gradients=True,
-        packed=True,
-        kernel_gate=True,  # its time gate is the Triton kernel (see ops/gate.py)
-        # Above the reference, below the CPU kernels: on a GPU it competes with the reference
-        # only; on the CPU (under the interpreter) "auto" keeps "fused" and "sparse".
-        priority=5,
-        unavailable=triton_backend.unavailable,
-        fix=triton_backend.FIX,
-    )
-)
+def sequence_gate(
+    times: Tensor,
+    period: Tensor,
+    shift: Tensor,
+    r_on: Tensor,
+    leak: float,
+    valid: Tensor | None,
+    dtype: torch.dtype,
+    *,
+    backend: str | Plan = "auto",
+) -> Tensor:
+    """The time gate of a whole sequence: k of shape ``(*times.shape, H)`` in ``dtype``, zero
+    where ``valid`` is False.
+
+    :func:`phased_lstm.functional.time_gate` is the readable definition; in plain PyTorch it is
+    a dozen full-size float64 ops plus their autograd graph, which on a long sequence costs
+    more than the fused recurrence itself. The compiled gates compute each element once, in
+    double with the same floor-mod, write ``k = 0`` on padded steps, and reduce their backward
+    straight into the ``(H,)`` gradients of period, shift and r_on.
+
+    Args:
+        times: ``(L, N)`` timestamps (any real dtype; the phase is computed in float64).
+        period, shift, r_on: ``(H,)`` float64 time-gate values.
+        leak: the slope of the closed gate (0 in eval mode).
+        valid: ``(L, N)`` bool, or ``None`` when every step is valid.
+        dtype: the dtype of k.
+        backend: the :class:`Plan` of the layer-direction (the planner's choice, made once for
+            the gate and the recurrence together), or a backend name to plan for. The chosen
+            backend's own gate runs unless the timestamps need a gradient.
+    """
+    if isinstance(backend, str):
+        grad = torch.is_grad_enabled() and any(p.requires_grad for p in (period, shift, r_on))
+        backend = plan(
+            backend,
+            device=times.device,
+            dtype=dtype,
+            needs_grad=grad,
+            times_need_grad=torch.is_grad_enabled() and times.requires_grad,
+        )
+    return backend.gate(times, period, shift, r_on, leak, valid, dtype)
 
 
 def recurrence(
@@ -145,19 +145,22 @@ def recurrence(
     elif batch_sizes is not None:
         batch_sizes = _checks.check_batch_sizes(batch_sizes, gates_x.shape[0], gates_x.shape[1])
     tensors = (gates_x, k, weight_hh, weight_ch, h0, c0)
-    call = call_of(tensors, packed=packed)
-    return choose(check_backend(backend), call).recurrence(*tensors, clip, batch_sizes)
+    chosen = plan(check_backend(backend), tensors=tensors, packed=packed)
+    return chosen.backend.recurrence(*tensors, clip, batch_sizes)
 
 
 __all__ = [
     "Backend",
+    "Plan",
     "available_backends",
     "build_kernels",
     "check_backend",
     "fused_recurrence",
+    "plan",
     "recurrence",
     "reference_recurrence",
     "register_backend",
+    "sequence_gate",
     "sparse_recurrence",
     "triton_recurrence",
 ]

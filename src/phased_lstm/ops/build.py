@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .kernels import build_kernels, build_spec
+from ._cpu.kernels import build_kernels, build_spec
 
 
 def main(argv: list[str] | None = None, *, prog: str = "python -m phased_lstm.ops.build") -> int:

@@ -1,7 +1,10 @@
-"""Readable reference recurrence of the Phased LSTM: a plain PyTorch loop under autograd.
+"""Readable reference of the Phased LSTM's ops: the recurrence as a plain PyTorch loop under
+autograd, and the time gate of a sequence from :func:`phased_lstm.functional.time_gate`.
 
-It is the ground truth the fast kernels are tested against, so it stays a literal transcription
-of the paper's equations, with no tricks.
+They are the ground truth the fast kernels are tested against, so they stay a literal
+transcription of the paper's equations, with no tricks; the planner pairs them with every
+backend that brings no gate of its own, and with any backend when the timestamps need a
+gradient.
 """
 
 from __future__ import annotations
@@ -11,6 +14,25 @@ import math
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from ..functional import time_gate
+
+
+def reference_gate(
+    times: Tensor,
+    period: Tensor,
+    shift: Tensor,
+    r_on: Tensor,
+    leak: float,
+    valid: Tensor | None,
+    dtype: torch.dtype,
+) -> Tensor:
+    """k of shape ``(*times.shape, H)`` in ``dtype``, zero where ``valid`` is False, through
+    autograd (gradients for the timestamps too)."""
+    k = time_gate(times, period, shift, r_on, leak, dtype=dtype)
+    if valid is not None:
+        k = torch.where(valid.unsqueeze(-1), k, torch.zeros((), dtype=dtype, device=k.device))
+    return k
 
 
 class _ClipGradient(torch.autograd.Function):

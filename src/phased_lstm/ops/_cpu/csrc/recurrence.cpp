@@ -173,7 +173,7 @@ at::Tensor gather_last(const at::Tensor& values, const at::Tensor& initial, cons
 
 // Returns (h, h_n, c_n, c, acts): the outputs, then what backward needs besides them.
 // `grad_clip` is not used here: it is part of the op so that its registered backward
-// (phased_lstm/ops/library.py) receives it with the other inputs.
+// (phased_lstm/ops/_cpu/library.py) receives it with the other inputs.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_train(
     const at::Tensor& gates_x, const at::Tensor& k, const at::Tensor& weight_hh,
     const std::optional<at::Tensor>& weight_ch, const at::Tensor& h0, const at::Tensor& c0,
@@ -478,7 +478,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_infer(
 }  // namespace
 
 TORCH_LIBRARY(phased_lstm, m) {
-  // Fake implementations and autograd formulas: phased_lstm/ops/library.py.
+  // Fake implementations and autograd formulas: phased_lstm/ops/_cpu/library.py.
   m.def(
       "forward_train(Tensor gates_x, Tensor k, Tensor weight_hh, Tensor? weight_ch, Tensor h0, "
       "Tensor c0, Tensor? batch_sizes, float grad_clip) -> (Tensor, Tensor, Tensor, Tensor, "

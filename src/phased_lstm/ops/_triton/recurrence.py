@@ -1,6 +1,6 @@
 """Triton kernels of the recurrence (backend ``"triton"``): the time loop inside the GPU kernel.
 
-Imported on first use by :mod:`phased_lstm.ops.triton_backend`, never at ``import phased_lstm``:
+Imported on first use by :mod:`.backend`, never at ``import phased_lstm``:
 Triton decides when a kernel is defined whether it is compiled for the GPU or run by its CPU
 interpreter (``TRITON_INTERPRET=1``), so this module must not load before the caller has chosen.
 The equations and their order are those of :mod:`phased_lstm.ops.reference`; docs/gpu.md has the
@@ -35,7 +35,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .fused import needs_grad
+from .._planner import needs_grad
 
 # ------------------------------------------------------------------------------ device code
 

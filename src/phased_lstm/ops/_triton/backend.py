@@ -1,14 +1,14 @@
 """The ``"triton"`` backend's entry points: what it runs, why it cannot, and its lazy loading.
 
 Triton is optional (``pip install 'phased-lstm[gpu]'``) and imported on the first call that needs
-it, never by ``import phased_lstm``. The kernels (:mod:`.triton_rnn`, :mod:`.triton_gate`) are
+it, never by ``import phased_lstm``. The kernels (:mod:`.recurrence`, :mod:`.gate`) are
 loaded together on first use, and Triton fixes at that moment, once per process, whether they are
 compiled for the GPU or run by its CPU interpreter (environment variable ``TRITON_INTERPRET=1``,
 which must be set before Triton is first imported: slow, for testing without a GPU).
 
-The backend is registered in :mod:`phased_lstm.ops` with :data:`DEVICES`, :data:`DTYPES`,
-:func:`unavailable` and :data:`FIX`; ``backend="auto"`` takes it for CUDA tensors when Triton
-imports and the GPU has compute capability 8.0 or newer.
+:data:`TRITON` declares the backend (its recurrence, its gate, :data:`DEVICES`, :data:`DTYPES`,
+:func:`unavailable` and :data:`FIX`); :mod:`phased_lstm.ops` registers it, and ``backend="auto"``
+takes it for CUDA tensors when Triton imports and the GPU has compute capability 8.0 or newer.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import threading
 import torch
 from torch import Tensor
 
-from .reference import reference_recurrence
+from .._planner import Backend
+from ..reference import reference_recurrence
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 FIX = (
@@ -51,7 +52,7 @@ def import_error() -> str | None:
 
 
 def _loaded_kernels():
-    return sys.modules.get(f"{__package__}.triton_rnn")
+    return sys.modules.get(f"{__package__}.recurrence")
 
 
 def interpreted() -> bool:
@@ -72,8 +73,8 @@ def _kernels():
             f"backend='triton' needs Triton, which could not be imported ({error}); to fix it, "
             f"{FIX}"
         )
-    gate = importlib.import_module(f"{__package__}.triton_gate")
-    return importlib.import_module(f"{__package__}.triton_rnn"), gate
+    gate = importlib.import_module(f"{__package__}.gate")
+    return importlib.import_module(f"{__package__}.recurrence"), gate
 
 
 def unsupported(gates_x, k, weight_hh, weight_ch, h0, c0) -> str | None:
@@ -161,12 +162,28 @@ def _packed(tensors, grad_clip, batch_sizes: Tensor):
 
 
 def sequence_gate(times, period, shift, r_on, leak, valid, dtype) -> Tensor:
-    """The Triton time gate; see :func:`phased_lstm.ops.gate.sequence_gate`."""
+    """The Triton time gate; see :func:`phased_lstm.ops.sequence_gate`."""
     _, gate = _kernels()
     return gate.sequence_gate(times, period, shift, r_on, leak, valid, dtype)
 
 
+TRITON = Backend(
+    "triton",
+    triton_recurrence,
+    gate=sequence_gate,
+    devices=DEVICES,
+    dtypes=DTYPES,
+    gradients=True,
+    packed=True,
+    # Above the reference, below the CPU kernels: on a GPU it competes with the reference
+    # only; on the CPU (under the interpreter) "auto" keeps "fused" and "sparse".
+    priority=5,
+    unavailable=unavailable,
+    fix=FIX,
+)
+
 __all__ = [
+    "TRITON",
     "DEVICES",
     "DTYPES",
     "FIX",

@@ -1,7 +1,7 @@
 """The time gate of a whole sequence in one Triton launch, forward and backward (GPU).
 
-The counterpart of ``csrc/time_gate.cpp`` for the ``"triton"`` backend, loaded with it by
-:mod:`phased_lstm.ops.triton_backend`. On a GPU the readable definition
+The counterpart of ``_cpu/csrc/time_gate.cpp`` for the ``"triton"`` backend, loaded with it by
+:mod:`.backend`. On a GPU the readable definition
 (:func:`phased_lstm.functional.time_gate`) is a dozen full-size float64 passes plus as many in
 its backward; here each element is computed once, in float64 with the same floor-mod as the C++
 kernel, ``k = 0`` is written on padded steps, and the backward reduces each block of rows into
@@ -198,7 +198,7 @@ class _TritonTimeGate(torch.autograd.Function):
 
 def sequence_gate(times, period, shift, r_on, leak, valid, dtype) -> Tensor:
     """k of shape ``(*times.shape, H)`` in ``dtype``, zero where ``valid`` is False; the
-    arguments of :func:`phased_lstm.ops.gate.sequence_gate` (``times`` needs no gradient)."""
+    arguments of :func:`phased_lstm.ops.sequence_gate` (``times`` needs no gradient)."""
     times, period, shift, r_on = (t.to(f64).contiguous() for t in (times, period, shift, r_on))
     valid = None if valid is None else valid.contiguous()
     return _TritonTimeGate.apply(times, period, shift, r_on, float(leak), valid, dtype)

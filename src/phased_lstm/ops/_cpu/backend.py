@@ -1,4 +1,4 @@
-"""The compiled backends of the recurrence: ``"fused"`` for training, ``"sparse"`` for inference.
+"""The compiled CPU backends: ``"fused"`` for training, ``"sparse"`` for inference.
 
 Both run the loop over time steps in C++ (``csrc/recurrence.cpp``), one call per layer and
 direction, on CPU float32/float64 tensors.
@@ -25,9 +25,11 @@ direction, on CPU float32/float64 tensors.
   computes the input projection and the time gate of every step. Measured figures are in the
   README's Speed section (``phased-lstm bench``).
 
-The C++ source is compiled on first use (see :mod:`phased_lstm.ops.build`). If the build fails,
-``backend="auto"`` warns once and uses the reference loop; an explicit ``"fused"`` or
-``"sparse"`` raises.
+Both bring the compiled time gate (``csrc/time_gate.cpp``), and ``"sparse"`` the streaming
+step (``csrc/stream.cpp``) that runs one event through every layer in one call. The C++ source
+is compiled on first use (:mod:`.kernels`; ahead of time with ``python -m
+phased_lstm.ops.build``). If the build fails, ``backend="auto"`` warns once and uses the
+reference loop; an explicit ``"fused"`` or ``"sparse"`` raises.
 """
 
 from __future__ import annotations
@@ -37,14 +39,13 @@ import math
 import torch
 from torch import Tensor
 
-from .backends import call_of, require
-from .kernels import build_error, kernels_available
-from .reference import reference_recurrence, valid_rows_of
+from .._planner import Backend, needs_grad, plan
+from ..reference import reference_recurrence, valid_rows_of
+from .kernels import build_error, build_fix, kernel_module, kernels_available
 
-
-def needs_grad(*tensors: Tensor | None) -> bool:
-    """Whether autograd will need gradients of any of these tensors."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+f64 = torch.float64
+# The dtypes the kernels compute in.
+DTYPES = (torch.float32, f64)
 
 
 def _contiguous(*tensors: Tensor | None) -> list[Tensor | None]:
@@ -56,12 +57,12 @@ def fused_recurrence(
 ):
     """Backend ``"fused"``; see :func:`phased_lstm.ops.recurrence` for the contract."""
     tensors = (gates_x, k, weight_hh, weight_ch, h0, c0)
-    require("fused", call_of(tensors, packed=gates_x.dim() == 2))
+    plan("fused", tensors=tensors, packed=gates_x.dim() == 2)  # raises if it cannot run
     if gates_x.shape[0] == 0:
         return reference_recurrence(*tensors)
     tensors = _contiguous(*tensors)
     if needs_grad(*tensors):
-        # An op with a fake implementation and a registered backward (ops/library.py).
+        # An op with a fake implementation and a registered backward (:mod:`.library`).
         h, h_n, c_n, _, _ = torch.ops.phased_lstm.forward_train(*tensors, batch_sizes, grad_clip)
         return h, h_n, c_n
     # Without gradients nothing needs saving; every step with an open neuron runs dense.
@@ -98,7 +99,7 @@ def sparse_recurrence(
     ``grad_clip`` is accepted for the common signature; without gradients it changes nothing.
     """
     tensors = (gates_x, k, weight_hh, weight_ch, h0, c0)
-    require("sparse", call_of(tensors, packed=gates_x.dim() == 2))
+    plan("sparse", tensors=tensors, packed=gates_x.dim() == 2)  # raises if it cannot run
     if gates_x.shape[0] == 0:
         return reference_recurrence(*tensors)
     dense_above = _dense_above(h0.shape[0])
@@ -106,4 +107,51 @@ def sparse_recurrence(
     return torch.ops.phased_lstm.forward_infer(*args, dense_above)
 
 
-__all__ = ["build_error", "fused_recurrence", "kernels_available", "sparse_recurrence"]
+def time_gate(times, period, shift, r_on, leak, valid, dtype) -> Tensor:
+    """The compiled gate of both backends; see :func:`phased_lstm.ops.sequence_gate`.
+
+    An op with a fake implementation and a registered backward (:mod:`.library`) that
+    differentiates with respect to period, shift and r_on (not the timestamps).
+    """
+    return torch.ops.phased_lstm.time_gate_forward(
+        times.to(f64).contiguous(),
+        period.to(f64).contiguous(),
+        shift.to(f64).contiguous(),
+        r_on.to(f64).contiguous(),
+        float(leak),
+        None if valid is None else valid.contiguous(),
+        dtype,
+    )
+
+
+def stream(w_ih, w_hh, bias, w_ch, period, shift, r_on, tensors, batch_first):
+    """The streaming step of ``"sparse"`` (``csrc/stream.cpp``); see
+    :class:`phased_lstm.ops.Backend` for its contract."""
+    return kernel_module().Stream(w_ih, w_hh, bias, w_ch, period, shift, r_on, tensors, batch_first)
+
+
+def _unavailable() -> str | None:
+    error = build_error()
+    if error is None:
+        return None
+    return f"it needs the C++ kernels, which could not be built ({error}). To fix it, {build_fix()}"
+
+
+def _warn_passed_over() -> None:
+    kernels_available(warn=True)
+
+
+_COMMON = {
+    "gate": time_gate,
+    "devices": ("cpu",),
+    "dtypes": DTYPES,
+    "packed": True,
+    "unavailable": _unavailable,
+    "passed_over": _warn_passed_over,
+}
+FUSED = Backend("fused", fused_recurrence, gradients=True, priority=10, **_COMMON)
+SPARSE = Backend(
+    "sparse", sparse_recurrence, stream=stream, gradients=False, priority=20, **_COMMON
+)
+
+__all__ = ["FUSED", "SPARSE", "build_error", "fused_recurrence", "sparse_recurrence"]

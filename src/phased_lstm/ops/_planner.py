@@ -1,24 +1,27 @@
-"""One registry of recurrence backends and one planner that picks the gate and the recurrence.
+"""The registry of backends and the planner, the one place that chooses who runs a call.
 
-A backend is a function with the signature of :func:`phased_lstm.ops.recurrence` (without
-``backend``) plus a declaration of what it can run: the device types, the dtypes, whether it
-computes gradients, whether it takes the packed layout, whether it needs the compiled C++
-kernels, and which time gate goes with it. :func:`plan` reads those declarations, and nothing
-else, to choose for one call: every module asks it once per layer and direction and uses its
-answer for the gate and the recurrence, so the two can never disagree.
+A :class:`Backend` brings everything that runs one layer-direction: its recurrence (the
+signature of :func:`phased_lstm.ops.recurrence`), optionally its own time gate and its own
+streaming step, and a declaration of what it can run (device types, dtypes, gradients, the
+packed layout, and whether it can run in this process at all). :func:`plan` reads those
+declarations, and nothing else, to choose for one call from the device, the dtype, the grad
+mode, the layout and the request; every caller (the layer, the cell, the stream,
+``update_fraction``, :func:`phased_lstm.ops.recurrence`) asks it and uses its answer for the
+gate and the recurrence together, so the two can never disagree.
 
 Adding a backend is one call (here for a recurrence written for CUDA tensors)::
 
-    from phased_lstm.ops.backends import Backend, register_backend
+    from phased_lstm.ops import Backend, register_backend
 
     register_backend(Backend(
-        name="triton",
-        recurrence=triton_recurrence,          # the signature of ops.recurrence
+        name="mine",
+        recurrence=my_recurrence,              # the signature of ops.recurrence
+        gate=my_gate,                          # optional: the signature of ops.sequence_gate
         devices=("cuda",),
         dtypes=(torch.float32, torch.float64),
         gradients=True,
         priority=15,                           # "auto" prefers it to the reference
-        unavailable=lambda: None if _triton_imports() else "triton is not installed",
+        unavailable=lambda: None if _imports() else "my_package is not installed",
     ))
 
 ``backend="auto"`` takes, among the registered backends that can run the call and are
@@ -35,7 +38,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .reference import reference_gate
+
 RecurrenceFn = Callable[..., tuple[Tensor, Tensor, Tensor]]
+GateFn = Callable[..., Tensor]
+StreamFn = Callable[..., object]
 
 _HALF = (torch.float16, torch.bfloat16)
 _DEVICE_WORDS = {"cpu": "the CPU", "cuda": "CUDA devices"}
@@ -43,7 +50,8 @@ _DEVICE_WORDS = {"cpu": "the CPU", "cuda": "CUDA devices"}
 
 @dataclass(frozen=True)
 class Backend:
-    """A recurrence implementation and what it can run.
+    """A recurrence implementation, the gate and streaming step that go with it, and what it
+    can run.
 
     Attributes:
         name: the string users pass as ``backend=``.
@@ -54,14 +62,25 @@ class Backend:
         gradients: whether it computes gradients; a backend without them is chosen by
             ``"auto"`` only when no gradient is needed.
         packed: whether it takes the packed layout (``gates_x`` of shape ``(S, 4H)``).
-        needs_kernels: whether it runs the compiled C++ kernels (then it is available only
-            once they are built; ``"auto"`` warns once and passes it over if they cannot be).
-        kernel_gate: whether the time gate runs in the compiled C++ kernel (CPU, timestamps
-            without gradient) rather than :func:`phased_lstm.functional.time_gate`.
         priority: ``"auto"`` picks the eligible backend with the highest.
         unavailable: optional check, ``None`` when the backend can run in this process, else
-            why not (e.g. a package that does not import).
+            why not (e.g. a package that does not import, kernels that could not be built).
         fix: what a user can do when it is asked for and cannot run.
+        gate: its own time gate, a function
+            ``(times, period, shift, r_on, leak, valid, dtype) -> k`` like
+            :func:`phased_lstm.ops.sequence_gate` (without ``backend``), or ``None`` for the
+            readable one (:func:`phased_lstm.functional.time_gate`). It need not differentiate
+            with respect to ``times``: where the timestamps need a gradient the planner pairs
+            the backend with the readable gate.
+        stream: its streaming step, or ``None`` if it has none: a factory called with the
+            detached tensors of every layer, ``(w_ih, w_hh, bias, w_ch, period, shift, r_on)``
+            (lists, one entry per layer), the module's tensors (to notice in-place changes) and
+            ``batch_first``, returning an object with methods ``layer(input, times, hx, 0.0)``,
+            ``cell(x, t, hx, 0.0)`` and ``advance(x, t, h, c, 0.0)`` that answer ``None``
+            where they do not apply and ``NotImplemented`` when a tensor changed since. It
+            runs without gradients, in the module's own dtype.
+        passed_over: optional, called when ``"auto"`` passes the backend over because it is
+            unavailable (the compiled CPU backends warn once there).
     """
 
     name: str
@@ -70,24 +89,33 @@ class Backend:
     dtypes: tuple[torch.dtype, ...] | None = None
     gradients: bool = True
     packed: bool = False
-    needs_kernels: bool = False
-    kernel_gate: bool = False
     priority: int = 0
     unavailable: Callable[[], str | None] | None = None
     fix: str = "use backend='reference'"
+    # Replace the flags needs_kernels and kernel_gate of earlier versions (a backend now says
+    # itself whether it can run, and brings its gate instead of naming a built-in one).
+    gate: GateFn | None = None
+    stream: StreamFn | None = None
+    passed_over: Callable[[], object] | None = None
 
 
 @dataclass(frozen=True)
 class Plan:
     """What runs one layer-direction: the backend, the gate, and the dtype they compute in.
 
+    ``gate`` is the backend's own gate or the readable one (``kernel_gate`` says which);
     ``compute_dtype`` differs from the parameters' dtype for float16 and bfloat16 layers, whose
     recurrence runs in float32 (see :func:`plan`).
     """
 
     backend: Backend
-    kernel_gate: bool
+    gate: GateFn
     compute_dtype: torch.dtype
+
+    @property
+    def kernel_gate(self) -> bool:
+        """Whether the gate is the backend's own rather than the readable one."""
+        return self.gate is not reference_gate
 
 
 _REGISTRY: dict[str, Backend] = {}
@@ -120,6 +148,11 @@ def get_backend(name: str) -> Backend:
     return _REGISTRY[check_backend(name)]
 
 
+def needs_grad(*tensors: Tensor | None) -> bool:
+    """Whether autograd will need gradients of any of these tensors."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 # ------------------------------------------------------------------------- what a call needs
 @dataclass(frozen=True)
 class Call:
@@ -145,7 +178,7 @@ def call_of(tensors: tuple[Tensor | None, ...], *, packed: bool = False) -> Call
     return Call(
         device=device_types.pop() if len(device_types) == 1 else None,
         dtype=dtypes.pop() if len(dtypes) == 1 else None,
-        needs_grad=torch.is_grad_enabled() and any(t.requires_grad for t in present),
+        needs_grad=needs_grad(*present),
         packed=packed,
         dtypes_seen=tuple(sorted({str(t.dtype) for t in present})),
         devices_seen=tuple(devices),
@@ -156,7 +189,7 @@ def _dtype_words(dtypes: tuple[torch.dtype, ...]) -> str:
     return " or ".join(str(d).replace("torch.", "") for d in dtypes)
 
 
-def unsupported(backend: Backend, call: Call) -> str | None:
+def _unsupported(backend: Backend, call: Call) -> str | None:
     """Why ``backend`` cannot run ``call`` (device, dtype, layout), or ``None`` if it can."""
     if backend.devices is not None and call.device not in backend.devices:
         where = " or ".join(_DEVICE_WORDS.get(d, f"{d} devices") for d in backend.devices)
@@ -170,64 +203,42 @@ def unsupported(backend: Backend, call: Call) -> str | None:
     return None
 
 
-def _unavailable(backend: Backend) -> str | None:
-    if backend.needs_kernels:
-        from .kernels import build_error
-
-        error = build_error()
-        if error is not None:
-            return error
-    return None if backend.unavailable is None else backend.unavailable()
-
-
-def require(name: str, call: Call) -> Backend:
+def _require(name: str, call: Call) -> Backend:
     """The backend ``name`` if it can run ``call``, else a RuntimeError that says how to fix it."""
     backend = get_backend(name)
     if call.needs_grad and not backend.gradients:
         trainers = [
             repr(b.name)
             for b in _REGISTRY.values()
-            if b.gradients and b.name != "reference" and unsupported(b, call) is None
+            if b.gradients and b.name != "reference" and _unsupported(b, call) is None
         ]
         raise RuntimeError(
             f"backend={name!r} is for inference and computes no gradients, but an input requires "
             "grad; run it under torch.no_grad() (or torch.inference_mode()), or use "
             f"backend={' or '.join([*trainers, repr('auto')])} for training"
         )
-    error = _unavailable(backend)
+    error = None if backend.unavailable is None else backend.unavailable()
     if error is not None:
-        if backend.needs_kernels:
-            from .kernels import FIX
-
-            raise RuntimeError(
-                f"backend={name!r} needs the C++ kernels, which could not be built ({error}). "
-                f"To fix it, {FIX}; or use backend='reference'."
-            )
         raise RuntimeError(f"backend={name!r} cannot run here: {error}; {backend.fix}")
-    reason = unsupported(backend, call)
+    reason = _unsupported(backend, call)
     if reason is not None:
         raise RuntimeError(f"backend={name!r} cannot run these inputs: {reason}; {backend.fix}")
     return backend
 
 
-def choose(requested: str, call: Call) -> Backend:
-    """The backend that runs ``call``: ``requested`` (checked), or the best one for "auto"."""
-    if requested != "auto":
-        return require(requested, call)
+def _best(call: Call) -> Backend:
+    """The eligible, available backend of the highest priority ("auto")."""
     best = _REGISTRY["reference"]
     for backend in _REGISTRY.values():
         if backend.priority <= best.priority:
             continue
         if call.needs_grad and not backend.gradients:
             continue
-        if unsupported(backend, call) is not None:
+        if _unsupported(backend, call) is not None:
             continue
-        if backend.needs_kernels:
-            from .kernels import kernels_available
-
-            if not kernels_available(warn=True):
-                continue
         if backend.unavailable is not None and backend.unavailable() is not None:
+            if backend.passed_over is not None:
+                backend.passed_over()
             continue
         best = backend
     return best
@@ -247,20 +258,45 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def plan(
     requested: str,
     *,
-    device: torch.device | str,
-    dtype: torch.dtype,
-    needs_grad: bool,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    needs_grad: bool = False,
     times_need_grad: bool = False,
     packed: bool = False,
-) -> Plan:
-    """What runs one layer-direction of a module on ``device`` with parameters in ``dtype``.
+    tensors: tuple[Tensor | None, ...] | None = None,
+    stream: bool = False,
+) -> Plan | None:
+    """Who runs one layer-direction: the only function that chooses a backend.
 
-    The recurrence runs in :func:`compute_dtype`; the compiled gate is used when the chosen
-    backend pairs with it and the timestamps need no gradient (the kernel differentiates with
-    respect to period, shift and r_on only).
+    The facts come either from a module (``device`` and ``dtype`` of its parameters; the gate
+    and the recurrence then run in :func:`compute_dtype`) or from the ``tensors`` handed to a
+    recurrence (their device and dtype as they are; ``needs_grad`` from them). The backend's
+    own gate is used unless the timestamps need a gradient (``times_need_grad``).
+
+    With ``stream=True`` it answers for the streaming step of a module whose tensors are
+    ``tensors`` (no gradients, in their own dtype): the plan of a backend that has one, or
+    ``None`` (then the general path runs, and reports what cannot run).
     """
-    device_type = torch.device(device).type
-    work = compute_dtype(dtype)
-    call = Call(device=device_type, dtype=work, needs_grad=needs_grad, packed=packed)
-    backend = choose(requested, call)
-    return Plan(backend, backend.kernel_gate and not times_need_grad, work)
+    requested = check_backend(requested)
+    if tensors is not None:
+        call = call_of(tensors, packed=packed)
+        if stream:
+            call = Call(call.device, call.dtype, needs_grad=False)
+        work = call.dtype
+    else:
+        work = dtype if stream else compute_dtype(dtype)
+        device_type = None if device is None else torch.device(device).type
+        call = Call(device=device_type, dtype=work, needs_grad=needs_grad, packed=packed)
+    if requested == "auto":
+        backend = _best(call)
+    elif stream:
+        try:
+            backend = _require(requested, call)
+        except RuntimeError:  # the general path raises it, after checking the inputs
+            return None
+    else:
+        backend = _require(requested, call)
+    if stream and backend.stream is None:
+        return None
+    own_gate = backend.gate is not None and not times_need_grad
+    return Plan(backend, backend.gate if own_gate else reference_gate, work)

@@ -38,6 +38,8 @@ from types import ModuleType
 
 import torch
 
+from ..._version import __version__
+
 CSRC = Path(__file__).with_name("csrc")
 LOCK_TIMEOUT_ENV = "PHASED_LSTM_BUILD_LOCK_TIMEOUT"
 DEFAULT_LOCK_TIMEOUT = 600.0
@@ -45,6 +47,10 @@ FIX = (
     "install a C++ compiler (e.g. `apt-get install g++`) and ninja (`pip install ninja`), "
     "then restart Python"
 )
+# What the kernels are built from; an install that lacks one of them (a wheel built without its
+# headers) cannot build, and says so instead of blaming the compiler.
+SOURCES = ("recurrence.cpp", "stream.cpp", "time_gate.cpp")
+HEADERS = ("gate_math.h", "lstm_math.h")
 # Written into the build's folder once the extension has been built and imported: its presence
 # means the library beside it is complete (a killed link could leave half a file).
 _DONE_MARKER = "phased_lstm_build_done"
@@ -73,8 +79,6 @@ class BuildSpec:
     name: str = field(init=False)
 
     def __post_init__(self) -> None:
-        from .. import __version__
-
         digest = hashlib.sha256()
         for path in (*self.sources, *self.headers):
             digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
@@ -109,11 +113,23 @@ def build_spec() -> BuildSpec:
         # `omp simd` reductions of the dot products need it too.
         cflags.append("-fopenmp")
         ldflags.append("-fopenmp")
+    missing = [name for name in (*SOURCES, *HEADERS) if not (CSRC / name).is_file()]
+    if missing:
+        raise MissingSources(f"kernel sources missing from {CSRC}: {', '.join(missing)}")
     return BuildSpec(
         sources=tuple(sorted(CSRC.glob("*.cpp"))),
         headers=tuple(sorted(CSRC.glob("*.h"))),
         cflags=tuple(cflags),
         ldflags=tuple(ldflags),
+    )
+
+
+class MissingSources(RuntimeError):
+    """Kernel sources absent from the installed package: no compiler can help."""
+
+    fix = (
+        "reinstall phased-lstm from a complete wheel or sdist (its package data must hold "
+        "ops/_cpu/csrc/*.cpp and *.h), then restart Python"
     )
 
 
@@ -217,6 +233,7 @@ class KernelBuild:
         self.tried = False
         self.module: ModuleType | None = None
         self.error: str | None = None
+        self.fix = FIX
         self.warned = False
 
     def ensure(self) -> str | None:
@@ -231,6 +248,7 @@ class KernelBuild:
                         library.register()
                     except Exception as exc:  # a failed build must never break the reference
                         self.error = _summary(exc)
+                        self.fix = getattr(exc, "fix", FIX)
                     self.tried = True
         return self.error
 
@@ -251,11 +269,16 @@ def kernels_available(*, warn: bool = False) -> bool:
         state.warned = True
         warnings.warn(
             f"phased_lstm: the C++ kernels could not be built ({error}); backend='auto' uses the "
-            f"slower reference loop. To get them, {FIX}.",
+            f"slower reference loop. To get them, {state.fix}.",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=5,  # the caller of plan(): kernels_available <- passed_over <- _best <- plan
         )
     return error is None
+
+
+def build_fix() -> str:
+    """What a user can do about the build's failure (after :func:`build_error`)."""
+    return _state.fix
 
 
 def kernel_module() -> ModuleType | None:
@@ -270,11 +293,12 @@ def build_kernels(verbose: bool = False) -> Path:
     installed, with the same ``TORCH_EXTENSIONS_DIR`` the users will have. Raises a
     RuntimeError with the compiler's complaint if the build fails.
     """
-    spec = build_spec()
     try:
+        spec = build_spec()
         compile_and_load(spec, verbose=verbose)
     except Exception as exc:
-        raise RuntimeError(f"the C++ kernels could not be built ({_summary(exc)}); {FIX}") from exc
+        fix = getattr(exc, "fix", FIX)
+        raise RuntimeError(f"the C++ kernels could not be built ({_summary(exc)}); {fix}") from exc
     return spec.directory
 
 
