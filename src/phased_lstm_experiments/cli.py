@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from .config import (
     GRADIENT_CLIP_MODES,
@@ -29,15 +31,14 @@ from .tasks import TASKS
 PROG = "phased-lstm"
 
 
-def _csv_choices(kind: str, choices: tuple[str, ...]):
+def _csv_list(kind: str):
+    """A comma-separated list of names; whether each is valid depends on the experiment, which
+    :func:`resolve_config` checks, so that the error lists that experiment's own choices."""
+
     def parse(text: str) -> list[str]:
         items = [item.strip() for item in text.split(",") if item.strip()]
-        unknown = [item for item in items if item not in choices]
-        if unknown or not items:
-            raise argparse.ArgumentTypeError(
-                f"unknown {kind} {', '.join(map(repr, unknown)) or repr(text)}; "
-                f"choose from {', '.join(choices)}"
-            )
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind}s, got {text!r}")
         return list(dict.fromkeys(items))
 
     parse.__name__ = kind
@@ -90,14 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--preset", choices=presets, default="quick", help="default: quick")
     reproduce.add_argument(
         "--condition",
-        type=_csv_choices("condition", _union(task.conditions for task in TASKS.values())),
+        type=_csv_list("condition"),
         help="comma-separated (default: all of the experiment's); "
         + "; ".join(f"{name}: {','.join(task.conditions)}" for name, task in TASKS.items()),
     )
     models = _union(task.models for task in TASKS.values())
     reproduce.add_argument(
         "--models",
-        type=_csv_choices("model", models),
+        type=_csv_list("model"),
         help=f"comma-separated, from {', '.join(models)} (cfc needs phased-lstm[cfc])",
     )
     reproduce.add_argument("--seeds", type=_seed_list, help="comma-separated, e.g. 1,2,3")
@@ -317,12 +318,14 @@ def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     out = args.out or Path("runs") / f"{config.experiment}-{config.preset}"
 
     from .report import write_report
+    from .files import Interrupted
     from .runner import (
         ExperimentError,
         is_global_zero,
         prepare_output,
         run_experiment,
         sigterm_interrupts,
+        stopping_signal,
     )
 
     try:
@@ -359,14 +362,26 @@ def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 epoch_seconds=estimate.epoch_seconds if estimate else None,
                 expected_seconds=estimate.seconds if estimate else None,
             )
+    except Interrupted as error:
+        _exit_interrupted(str(error), stopping_signal())
     except ExperimentError as error:
         raise SystemExit(f"{PROG}: error: {error}") from None
     except KeyboardInterrupt:
-        # Stopped between runs: every finished run is in results.json already.
-        raise SystemExit(
-            f"{PROG}: error: interrupted; rerun the same command with --resume to continue"
-        ) from None
+        # Stopped between runs: every finished run is in results.json already. Outside the
+        # handler's block a KeyboardInterrupt is Python's own, from SIGINT.
+        _exit_interrupted(
+            "interrupted; rerun the same command with --resume to continue",
+            stopping_signal() or signal.SIGINT,
+        )
     return 0
+
+
+def _exit_interrupted(message: str, signum: int | None) -> NoReturn:
+    """End with ``message`` and the status shells and job schedulers read for a process that a
+    signal stopped, 128 + its number (130 for SIGINT, 143 for SIGTERM); 1 when no signal did
+    (a worker process that died)."""
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(128 + signum if signum else 1) from None
 
 
 def bench(bench_args: list[str]) -> int:
