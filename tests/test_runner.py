@@ -239,6 +239,39 @@ def test_report_rows_carry_the_numbers_of_their_runs():
     assert "not recorded" in _row(markdown, "wall time of the commands")
 
 
+def test_learning_curves_legend_covers_no_curve():
+    """The legend sits outside every panel: inside the first one (lower right) it covered the
+    LSTM's curve, which ends there, still rising, in the standard condition."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from phased_lstm_experiments.tables import learning_curves
+
+    config = preset_config("freq", "quick")
+    config.models = ["plstm", "lstm", "bnlstm-input"]
+    finals = {"plstm": 0.99, "lstm": 0.6, "bnlstm-input": 0.8}
+    runs = {
+        f"{model}-{condition}-seed1": {
+            "model": model,
+            "condition": condition,
+            "seed": 1,
+            "history": [{"epoch": e, "test_acc": 0.5 + (end - 0.5) * e / 10} for e in range(1, 11)],
+        }
+        for model, end in finals.items()
+        for condition in config.conditions
+    }
+    figure = learning_curves(TASKS["freq"], config, {"runs": runs})
+    figure.canvas.draw()
+    legends = figure.legends + [a.get_legend() for a in figure.axes if a.get_legend()]
+    assert len(legends) == 1
+    box = legends[0].get_window_extent()
+    assert len(legends[0].get_texts()) == 3
+    for axis in figure.axes:
+        assert not box.overlaps(axis.get_window_extent()), axis.get_title()
+    # Within the figure, not cut off at its edge.
+    assert 0 <= box.y0 and box.x0 >= 0 and box.x1 <= figure.bbox.width
+
+
 def test_report_imports_without_lightning():
     code = (
         "import sys\n"
