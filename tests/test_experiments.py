@@ -384,7 +384,13 @@ def test_signal_mid_run_then_resume_continues_from_the_last_epoch(tmp_path, jobs
         while not checkpoint.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert checkpoint.exists(), "no checkpoint after the first epoch"
-        time.sleep(1.0)
+        # A second command on the folder in use: refused in one line naming the holder.
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as second:
+            run_cli(*args[:-2], "--resume", "--out", str(out))
+        message = str(second.value.code)
+        assert message.startswith(f"phased-lstm: error: --out {out} is in use by another "), message
+        assert f"(PID {process.pid}, started 20" in message and "\n" not in message, message
         sent = time.monotonic()
         process.send_signal(signum)
         _, stderr = process.communicate(timeout=60)

@@ -152,6 +152,28 @@ def test_resume_into_a_missing_folder_starts_fresh(tmp_path, capsys):
 # --out that cannot be written ----------------------------------------------------------------
 
 
+def test_a_stale_lock_is_taken_over_with_a_note(tmp_path, capsys):
+    """The lock file of a command that died (its PID gone, no flock held) is neither user
+    content nor a holder: the next command takes it over, says so, and removes it at the end."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = json.dumps({"pid": dead.pid, "started": "2026-12-01 10:00:00+00:00"})
+    (out / ".phased-lstm.lock").write_text(stale)
+    run_cli("freq", "--condition", "standard", "--models", "lstm", *TINY, "--out", str(out))
+    err = capsys.readouterr().err
+    note = f"took over the lock of PID {dead.pid}, started 2026-12-01 10:00:00+00:00, which is"
+    assert note in err, err
+    assert read_json(out / "results.json")["runs"]
+    assert not (out / ".phased-lstm.lock").exists()
+    # A folder without a lock file (as every folder written before locks) resumes.
+    run_cli("freq", "--condition", "standard", "--models", "lstm", *TINY, "--out", str(out),
+            "--resume", "--epochs", "2")  # fmt: skip
+    assert read_json(out / "results.json")["runs"]["lstm-standard-seed1"]["epochs"] == 2
+    assert "took over" not in capsys.readouterr().err
+
+
 def test_out_under_a_file_is_a_clear_error(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

@@ -11,6 +11,7 @@ one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -275,6 +276,10 @@ def _check_extras(config: ExperimentConfig) -> None:
             ) from None
 
 
+def _note(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
 def _format_duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
@@ -317,8 +322,9 @@ def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _check_extras(config)
     out = args.out or Path("runs") / f"{config.experiment}-{config.preset}"
 
-    from .report import write_report
     from .files import Interrupted
+    from .lock import folder_lock
+    from .report import write_report
     from .runner import (
         ExperimentError,
         is_global_zero,
@@ -328,6 +334,7 @@ def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         stopping_signal,
     )
 
+    held = contextlib.ExitStack()
     try:
         # Before the check of --out: the protocol that --resume compares is the settled one.
         config = TASKS[config.experiment].prepare(config)
@@ -335,6 +342,9 @@ def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if is_global_zero():
             # Refuse a wrong --out before spending minutes on the estimate.
             results = prepare_output(config, out, args.resume)
+            if not args.dry_run:
+                # Held until the command ends: no second command trains into the same folder.
+                held.enter_context(folder_lock(out, note=_note))
             if args.resume and not (out / "config.json").exists():
                 print(
                     f"{PROG}: --resume: {out} holds no results yet; starting fresh",
@@ -373,6 +383,8 @@ def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             "interrupted; rerun the same command with --resume to continue",
             stopping_signal() or signal.SIGINT,
         )
+    finally:
+        held.close()
     return 0
 
 

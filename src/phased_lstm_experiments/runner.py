@@ -46,6 +46,7 @@ from .config import (
     run_name,
 )
 from .files import ExperimentError, Interrupted, check_writable, write_atomic, write_json
+from .lock import LOCK_NAME
 from .progress import Progress
 from .tasks import get_task
 from .training import TaskData, TaskModule
@@ -95,7 +96,7 @@ def prepare_output(config: ExperimentConfig, out: Path, resume: bool) -> dict:
     check_writable(out)
     config_path, results_path = out / "config.json", out / "results.json"
     if not config_path.exists():
-        if out.exists() and any(out.iterdir()):
+        if out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
             raise ExperimentError(
                 f"--out {out} is not empty and holds no phased-lstm experiment; "
                 "choose an empty or new folder"
