@@ -363,6 +363,40 @@ def test_resume_continues_an_interrupted_run(tmp_path, capsys):
     assert "every run is trained already" in capsys.readouterr().err
 
 
+def test_resume_over_a_truncated_checkpoint(tmp_path, capsys):
+    """A last.ckpt cut short: --resume says so in one line naming the file and the choice;
+    --restart-broken trains that run again from scratch, keeps the broken file aside, and the
+    other run still resumes from its checkpoint."""
+    out = tmp_path / "broken"
+    args = ["freq", "--condition", "async", "--models", "plstm,lstm", *TINY, "--out", str(out)]
+    run_cli(*args)
+    first = read_results(out)
+    checkpoint = out / "runs" / "lstm-async-seed1" / "checkpoints" / "last.ckpt"
+    whole = checkpoint.read_bytes()
+    checkpoint.write_bytes(whole[: len(whole) // 2])  # a copy cut short
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        run_cli(*args, "--resume", "--epochs", "2")
+    message = str(refused.value.code)
+    assert message.startswith(f"phased-lstm: error: --resume: the checkpoint {checkpoint} is ")
+    assert "--restart-broken" in message and "restore the file" in message, message
+    assert "\n" not in message and "Traceback" not in capsys.readouterr().err
+    assert checkpoint.read_bytes() == whole[: len(whole) // 2]  # nothing touched
+    run_cli(*args, "--resume", "--epochs", "2", "--restart-broken")
+    err = capsys.readouterr().err
+    assert "lstm-async-seed1 starts again from scratch" in err, err
+    assert (checkpoint.parent / "last.ckpt.broken").read_bytes() == whole[: len(whole) // 2]
+    assert "[lstm-async-seed1] training for 2 epochs\n" in err  # from epoch 0
+    assert "[plstm-async-seed1] training for 2 epochs, continuing after epoch 1" in err
+    second = read_results(out)
+    assert second["runs"]["plstm-async-seed1"]["history"][0] == first["runs"]["plstm-async-seed1"][
+        "history"][0]  # fmt: skip
+    for name in ("lstm-async-seed1", "plstm-async-seed1"):
+        assert [row["epoch"] for row in second["runs"][name]["history"]] == [1, 2]
+        ckpt = torch.load(out / "runs" / name / "checkpoints" / "last.ckpt", weights_only=False)
+        assert ckpt["global_step"] == 2
+
+
 @pytest.mark.parametrize(
     "jobs, signum", [("1", signal.SIGINT), ("2", signal.SIGTERM)], ids=["1-SIGINT", "2-SIGTERM"]
 )

@@ -134,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue the runs recorded in --out"
     )
     reproduce.add_argument(
+        "--restart-broken",
+        action="store_true",
+        help="with --resume: train again from scratch a run whose last checkpoint is unreadable "
+        "(the broken file is kept beside it, renamed *.broken); the other runs resume",
+    )
+    reproduce.add_argument(
         "--jobs",
         type=_positive_int,
         help="runs trained side by side, in separate processes (default: one per CPU core "
@@ -318,6 +324,8 @@ def _print_estimate(config: ExperimentConfig, results: dict, resumed: Path | Non
 
 
 def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.restart_broken and not args.resume:
+        parser.error("argument --restart-broken: only with --resume, which reads checkpoints")
     config = resolve_config(args, parser)
     _check_extras(config)
     out = args.out or Path("runs") / f"{config.experiment}-{config.preset}"
@@ -325,6 +333,7 @@ def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .files import Interrupted
     from .lock import folder_lock
     from .report import write_report
+    from .resume import check_checkpoints
     from .runner import (
         ExperimentError,
         is_global_zero,
@@ -345,6 +354,11 @@ def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             if not args.dry_run:
                 # Held until the command ends: no second command trains into the same folder.
                 held.enter_context(folder_lock(out, note=_note))
+            if args.resume and not (args.dry_run and args.restart_broken):
+                # (A dry run renames nothing; the estimate counts a broken run in full.)
+                check_checkpoints(
+                    config, out, results, restart_broken=args.restart_broken, note=_note
+                )
             if args.resume and not (out / "config.json").exists():
                 print(
                     f"{PROG}: --resume: {out} holds no results yet; starting fresh",
