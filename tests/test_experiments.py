@@ -495,6 +495,19 @@ def test_paper_preset_prints_its_estimate(tmp_path, capsys):
     assert not (tmp_path / "paper").exists()
 
 
+def test_every_command_worth_it_gets_the_estimate():
+    """The quick presets are estimated before they train (their progress starts from it); a
+    tiny run, cheaper than its miniatures, is not."""
+    for experiment in ("freq", "adding", "nmnist"):
+        config = preset_config(experiment, "quick")
+        assert estimate.worth_estimating(config, {run: config.epochs for run in config.runs()})
+    config = preset_config("freq", "quick")
+    config.epochs, config.samples_per_epoch, config.test_samples = 1, 32, 32
+    config.condition_samples = {}
+    assert not estimate.worth_estimating(config, {run: 1 for run in config.runs()})
+    assert not estimate.worth_estimating(config, {run: 0 for run in config.runs()})
+
+
 def test_schedule_hands_each_run_to_the_first_free_worker():
     # Worker A: 3, then 1 at t=3, then 1 at t=4; worker B: 3, then 1 at t=3: the last ends at 5,
     # not at the 4.5 of the total shared evenly.

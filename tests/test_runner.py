@@ -411,10 +411,69 @@ def test_progress_shows_the_estimate_until_training_is_measured(monkeypatch):
     progress = Progress({"a": 1.0}, epochs=2, stream=StringIO(), bar=False, expected=3600.0)
     clock_now[0] += 600.0
     assert progress.summary().endswith("10:00 elapsed, ETA 50:00 (estimated)")
-    # Once an epoch is measured, its pace decides: 1 of 2 epochs in 10 min leaves 10 min.
+    progress.start("a", 0)
+    # Once an epoch is measured, its pace counts as much as the estimate's (which left 50 min
+    # for the 2 epochs when training began): 1 epoch in 10 min leaves (25 + 10) / 2 = 17.5 min.
+    clock_now[0] += 600.0
     progress.epoch("a", {"epoch": 1, "wall_s": 600.0})
-    assert progress.summary().endswith("10:00 elapsed, ETA 10:00")
-    assert "ETA unknown" in Progress({"a": 1.0}, epochs=2, stream=StringIO()).summary()
+    assert progress.summary().endswith("20:00 elapsed, ETA 17:30")
+    # Without an estimate: unknown until an epoch ends, then the measured pace alone.
+    progress = Progress({"a": 1.0}, epochs=2, stream=StringIO(), bar=False)
+    progress.start("a", 0)
+    clock_now[0] += 5.0
+    progress.advance("a", 0.01)  # a few seconds of warm-up make no figure
+    assert progress.summary().endswith("ETA unknown")
+    clock_now[0] += 595.0
+    progress.epoch("a", {"epoch": 1, "wall_s": 600.0})
+    assert progress.summary().endswith("ETA 10:00")
+
+
+def _eta_seconds(summary: str) -> float:
+    text = summary.split("ETA ", 1)[1].split()[0]
+    seconds = 0
+    for part in text.split(":"):
+        seconds = 60 * seconds + int(part)
+    return seconds
+
+
+@pytest.mark.parametrize("misestimate", [0.75, 1.3], ids=["estimate-short", "estimate-long"])
+def test_progress_eta_stays_near_the_truth_from_the_first_update(monkeypatch, misestimate):
+    """A fake clock through a schedule of uneven runs, one after the other, with what made the
+    ETA wild (8:35:05 in the first seconds of a 12-minute job): processes that take seconds to
+    start, a slow first batch per run, per-epoch costs the estimate got 10-20% wrong, either
+    way, and a total it got 25-30% wrong. From the first update to the end the ETA stays within
+    a factor 1.5 of the time actually left (5 s of slack for the last run's final measures)."""
+    clock_now = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock_now[0])
+    estimated = {"a": 10.0, "b": 60.0, "c": 25.0}  # seconds per epoch, as the estimate says
+    actual = {"a": 12.0, "b": 54.0, "c": 28.0}
+    epochs, batches, warm_up, setup, final = 3, 10, 5.0, 4.0, 3.0
+    # The schedule: (time, event), the runs one after the other.
+    events, now = [], 8.0  # the worker process starts
+    for name, epoch_seconds in actual.items():
+        now += setup
+        events.append((now, ("start", name, 0)))
+        for epoch in range(epochs):
+            for batch in range(batches):
+                now += epoch_seconds / batches + (warm_up if epoch == batch == 0 else 0.0)
+                if batch < batches - 1:
+                    events.append((now, ("batch", name, epoch + (batch + 1) / batches)))
+            events.append((now, ("epoch", name, {"epoch": epoch + 1, "wall_s": 0.0})))
+        now += final
+        events.append((now, ("done", name, None)))
+    end = now
+    progress = Progress(estimated, epochs, stream=StringIO(), bar=False, expected=misestimate * end)
+    checked = []
+    for at, (kind, name, value) in [(0.0, ("none", "", None))] + events:
+        clock_now[0] = at
+        if kind == "done":
+            progress.run_done(name, f"[{name}] done")
+        elif kind != "none":
+            progress.handle((kind, name, value))
+        eta, truth = _eta_seconds(progress.summary()), end - at
+        checked.append((at, eta, truth))
+        assert truth / 1.5 - 5 <= eta <= truth * 1.5 + 5, (at, kind, name, eta, truth)
+    assert len(checked) == 1 + 3 * (2 + epochs * batches)
 
 
 def test_progress_bar_on_a_terminal_redraws_one_line():

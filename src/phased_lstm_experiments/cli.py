@@ -294,14 +294,13 @@ def _format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _print_estimate(config: ExperimentConfig, results: dict, resumed: Path | None):
-    """Print how long the runs will take, or, resuming the folder ``resumed``, how long what is
-    left of them will; return the :class:`.estimate.Estimate`."""
-    from .estimate import epochs_left, estimate_time
+def _print_estimate(config: ExperimentConfig, left: dict):
+    """Print how long the runs will take, or how long what is ``left`` of them will; return the
+    :class:`.estimate.Estimate`."""
+    from .estimate import estimate_time
     from .runner import sigterm_interrupts
 
     started = time.perf_counter()
-    left = epochs_left(config, results, resumed)
     with sigterm_interrupts():
         estimate = estimate_time(config, left=left)
     seconds = estimate.seconds
@@ -330,6 +329,7 @@ def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _check_extras(config)
     out = args.out or Path("runs") / f"{config.experiment}-{config.preset}"
 
+    from .estimate import epochs_left, worth_estimating
     from .files import Interrupted
     from .lock import folder_lock
     from .report import write_report
@@ -373,8 +373,9 @@ def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-            if config.preset == "paper" or args.dry_run:
-                estimate = _print_estimate(config, results, out if args.resume else None)
+            left = epochs_left(config, results, out if args.resume else None)
+            if config.preset == "paper" or args.dry_run or worth_estimating(config, left):
+                estimate = _print_estimate(config, left)
         if args.dry_run:
             return 0
         with sigterm_interrupts():
