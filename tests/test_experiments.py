@@ -441,12 +441,17 @@ def test_signal_mid_run_then_resume_continues_from_the_last_epoch(tmp_path, jobs
     assert 1 <= done < 400
     assert saved["global_step"] == done  # one batch per epoch: the checkpoint is whole
     assert not list(out.rglob("*.partial")) and not list(out.rglob("*.tmp"))
-    # Resume for two more epochs than were done: only those are trained.
-    resume = ["--resume", "--epochs", str(done + 2)]
+    # Resume for two more epochs than the furthest run did (with two jobs the other one may be
+    # ahead, its worker having started first on a busy machine): only those are trained.
+    furthest = max(
+        len(torch.load(path, weights_only=False)["history"])
+        for path in out.glob("runs/*/checkpoints/last.ckpt")
+    )
+    resume = ["--resume", "--epochs", str(furthest + 2)]
     capsys.readouterr()
     run_cli(*[a for a in args if a not in ("--epochs", "400")], *resume)
     history = read_results(out)["runs"]["lstm-standard-seed1"]["history"]
-    assert [row["epoch"] for row in history] == list(range(1, done + 3))
+    assert [row["epoch"] for row in history] == list(range(1, furthest + 3))
     assert history[:done] == saved["history"]
     # One progress display across the runs, whatever the number of jobs.
     progress = [line for line in capsys.readouterr().err.splitlines() if "runs done" in line]

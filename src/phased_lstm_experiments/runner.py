@@ -733,6 +733,8 @@ def sigterm_interrupts():
     run like Ctrl-C does: at the last finished epoch, ready for ``--resume``. A background job
     started from a script ignores SIGINT, so SIGTERM is how it is stopped. Either signal is
     remembered (:func:`stopping_signal`): shells and schedulers read 128 + its number."""
+    global _stopped_by
+    _stopped_by = None  # a process may run several commands (the tests do)
     handled = [signal.SIGTERM]
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         handled.append(signal.SIGINT)  # never where it is ignored (a background job)
