@@ -19,7 +19,7 @@ It prints a markdown table: the data's time scales, the settings, the compute sh
 neuron) pairs in which the neuron never opens at evaluation, and the test accuracy after
 training (mean +- standard deviation over seeds).
 
-    pip install -e ".[examples]"
+    pip install -e ".[examples]"                # or: pip install --no-deps sktime (its files)
     python examples/choose_periods.py            # the README's table, ~10 min on one thread
     python examples/choose_periods.py --quick    # a smoke run, seconds
 """
@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import math
 import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -81,13 +83,32 @@ class Split:
     labels: Tensor  # (N,)
 
 
-def load_series(name: str, split: str) -> tuple[list[np.ndarray], np.ndarray]:
-    """The series of one split as (length, channels) arrays, and their labels."""
-    from sktime.datasets import load_UCR_UEA_dataset
+def sktime_data() -> Path | None:
+    """The folder of the data sets that ship inside sktime, found without importing it: only
+    its files are read, so ``pip install --no-deps sktime`` is enough (sktime itself caps
+    pandas below the version a development environment may hold)."""
+    spec = importlib.util.find_spec("sktime")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
 
-    # df-list keeps unequal lengths (JapaneseVowels); one (length, channels) frame per series.
-    frames, labels = load_UCR_UEA_dataset(name, split=split, return_X_y=True, return_type="df-list")
-    return [frame.to_numpy(dtype=np.float64) for frame in frames], np.asarray(labels)
+
+def load_series(name: str, split: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """The series of one split as (length, channels) arrays, and their labels, read from the
+    set's .ts file: after ``@data``, a line per series, its channels separated by ':' (each a
+    comma-separated list of values; lengths may differ between series), then its label."""
+    path = sktime_data() / name / f"{name}_{split.upper()}.ts"
+    series, labels, data = [], [], False
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not data or not line or line.startswith("#"):
+            data = data or line.lower() == "@data"
+            continue
+        *channels, label = line.split(":")
+        values = [np.array(channel.split(","), dtype=np.float64) for channel in channels]
+        series.append(np.stack(values, axis=1))
+        labels.append(label.strip())
+    return series, np.asarray(labels)
 
 
 def drop_points(series, labels, classes, step, mean, std, rng) -> Split:
@@ -282,10 +303,12 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        import sktime  # noqa: F401
-    except ImportError:
-        print("this example needs sktime: pip install -e '.[examples]'", file=sys.stderr)
+    if sktime_data() is None:
+        print(
+            "this example reads data sets that ship inside sktime: pip install -e '.[examples]', "
+            "or, to leave this environment's packages as they are, pip install --no-deps sktime",
+            file=sys.stderr,
+        )
         return 2
     torch.set_num_threads(args.threads)
     started = time.process_time()

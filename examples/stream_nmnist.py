@@ -3,8 +3,9 @@
 A Phased LSTM trained by ``phased-lstm reproduce nmnist`` reads one event at a time through
 ``layer.stream()``: each call embeds the event's address, advances the layer's state over that
 one event (computing only the neurons whose time gate is open), and the read-out gives the
-prediction so far. The script prints the running prediction, the latency per event, and checks
-that the last prediction is the one the whole recording gives at once.
+prediction so far. The script prints the digit's true label, the running prediction beside it,
+the final verdict (right or wrong), the latency per event, and checks that the last prediction
+is the one the whole recording gives at once.
 
     phased-lstm reproduce nmnist --out runs/nmnist-quick      # train (quick preset)
     python examples/stream_nmnist.py --run runs/nmnist-quick  # stream a test digit through it
@@ -92,7 +93,7 @@ def stream_digit(network: EventSequenceModel, events: np.ndarray, label: int, ev
     count = int(lengths[0])
     stream = network.rnn.stream()
     latencies = []
-    print(f"digit {label}: {count:,} events over {float(times[0, -1]):.1f} ms")
+    print(f"test digit, true label {label}: {count:,} events over {float(times[0, -1]):.1f} ms")
     with torch.inference_mode():
         # The embedding of every address, computed once: per event it is one row to look up.
         table = network.embedding(torch.arange(NUM_ADDRESSES))
@@ -104,7 +105,8 @@ def stream_digit(network: EventSequenceModel, events: np.ndarray, label: int, ev
                 p = torch.softmax(network.classifier.head(h), -1)[0]
                 print(
                     f"  after {j + 1:5d} events ({float(times[0, j]):6.1f} ms): predicts "
-                    f"{int(p.argmax())} (p = {float(p.max()):.2f})"
+                    f"{int(p.argmax())} (p = {float(p.max()):.2f}), true label {label}: "
+                    f"{_verdict(int(p.argmax()), label)}"
                 )
         scores = network.classifier.head(h)
     # The first call prepares the streaming step from the layer's weights: reported apart.
@@ -124,7 +126,13 @@ def stream_digit(network: EventSequenceModel, events: np.ndarray, label: int, ev
         f"whole recording at once predicts {int(whole.argmax())}; streamed {int(scores.argmax())}; "
         f"largest difference of the scores {difference:.2e}"
     )
+    predicted = int(scores.argmax())
+    print(f"verdict: {_verdict(predicted, label)} (predicted {predicted}, true label {label})")
     return scores, whole
+
+
+def _verdict(predicted: int, label: int) -> str:
+    return "right" if predicted == label else "wrong"
 
 
 def main(argv: list[str] | None = None) -> int:

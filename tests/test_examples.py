@@ -1,4 +1,5 @@
-"""examples/choose_periods.py: its rule and measures by hand, and a tiny run where sktime is."""
+"""examples/choose_periods.py: its rule and measures by hand, its reader of sktime's .ts files, and
+a tiny run where sktime's data sets are installed."""
 
 import importlib.util
 import math
@@ -55,8 +56,28 @@ def test_never_open_share_by_hand():
     assert share == pytest.approx(2 / 4)
 
 
+def test_series_are_read_from_ts_files_without_importing_sktime(tmp_path, monkeypatch):
+    """Only sktime's data files are read (sktime's own import would need its pinned pandas):
+    a tiny .ts file, two channels, series of unequal lengths, string labels."""
+    (tmp_path / "Tiny").mkdir()
+    (tmp_path / "Tiny" / "Tiny_TRAIN.ts").write_text(
+        "# a comment\n@problemName Tiny\n@univariate false\n@dimensions 2\n"
+        "@equalLength false\n@classLabel true up down\n@data\n"
+        "1.0,2.0,3.0:4.0,5.0,6.0:up\n-1.5,0.5:2.5,3.5:down\n"
+    )
+    monkeypatch.setitem(sys.modules, "sktime", None)  # import sktime raises ImportError
+    monkeypatch.setattr(choose_periods, "sktime_data", lambda: tmp_path)
+    series, labels = choose_periods.load_series("Tiny", "train")
+    assert [x.shape for x in series] == [(3, 2), (2, 2)]
+    assert series[0][:, 1].tolist() == [4.0, 5.0, 6.0] and series[1][0].tolist() == [-1.5, 2.5]
+    assert labels.tolist() == ["up", "down"]
+
+
+@pytest.mark.skipif(
+    choose_periods.sktime_data() is None,
+    reason="needs the data sets that ship inside sktime (pip install --no-deps sktime)",
+)
 def test_a_tiny_run_prints_the_table(tmp_path, capsys):
-    pytest.importorskip("sktime")
     out = tmp_path / "table.md"
     argv = ["--quick", "--datasets", "ItalyPowerDemand", "--epochs", "1", "--out", str(out)]
     assert choose_periods.main(argv + ["--hidden", "4"]) == 0

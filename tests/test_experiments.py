@@ -363,11 +363,48 @@ def test_resume_continues_an_interrupted_run(tmp_path, capsys):
     assert "every run is trained already" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("jobs", ["1", "2"])
-def test_sigterm_mid_run_then_resume_continues_from_the_last_epoch(tmp_path, jobs, capsys):
-    """A real interruption: SIGTERM while training, then --resume. The command ends within
-    seconds and leaves no process behind; the run continues from its last finished epoch (not
-    from the start), and nothing is left half-written."""
+def test_resume_over_a_truncated_checkpoint(tmp_path, capsys):
+    """A last.ckpt cut short: --resume says so in one line naming the file and the choice;
+    --restart-broken trains that run again from scratch, keeps the broken file aside, and the
+    other run still resumes from its checkpoint."""
+    out = tmp_path / "broken"
+    args = ["freq", "--condition", "async", "--models", "plstm,lstm", *TINY, "--out", str(out)]
+    run_cli(*args)
+    first = read_results(out)
+    checkpoint = out / "runs" / "lstm-async-seed1" / "checkpoints" / "last.ckpt"
+    whole = checkpoint.read_bytes()
+    checkpoint.write_bytes(whole[: len(whole) // 2])  # a copy cut short
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        run_cli(*args, "--resume", "--epochs", "2")
+    message = str(refused.value.code)
+    assert message.startswith(f"phased-lstm: error: --resume: the checkpoint {checkpoint} is ")
+    assert "--restart-broken" in message and "restore the file" in message, message
+    assert "\n" not in message and "Traceback" not in capsys.readouterr().err
+    assert checkpoint.read_bytes() == whole[: len(whole) // 2]  # nothing touched
+    run_cli(*args, "--resume", "--epochs", "2", "--restart-broken")
+    err = capsys.readouterr().err
+    assert "lstm-async-seed1 starts again from scratch" in err, err
+    assert (checkpoint.parent / "last.ckpt.broken").read_bytes() == whole[: len(whole) // 2]
+    assert "[lstm-async-seed1] training for 2 epochs\n" in err  # from epoch 0
+    assert "[plstm-async-seed1] training for 2 epochs, continuing after epoch 1" in err
+    second = read_results(out)
+    assert second["runs"]["plstm-async-seed1"]["history"][0] == first["runs"]["plstm-async-seed1"][
+        "history"][0]  # fmt: skip
+    for name in ("lstm-async-seed1", "plstm-async-seed1"):
+        assert [row["epoch"] for row in second["runs"][name]["history"]] == [1, 2]
+        ckpt = torch.load(out / "runs" / name / "checkpoints" / "last.ckpt", weights_only=False)
+        assert ckpt["global_step"] == 2
+
+
+@pytest.mark.parametrize(
+    "jobs, signum", [("1", signal.SIGINT), ("2", signal.SIGTERM)], ids=["1-SIGINT", "2-SIGTERM"]
+)
+def test_signal_mid_run_then_resume_continues_from_the_last_epoch(tmp_path, jobs, signum, capsys):
+    """A real interruption: SIGINT (Ctrl-C) or SIGTERM while training, then --resume. The
+    command ends within seconds with the status 128 + the signal's number that shells and
+    schedulers read, and leaves no process behind; the run continues from its last finished
+    epoch (not from the start), and nothing is left half-written."""
     out = tmp_path / "killed"
     args = ["freq", "--condition", "standard,async", "--models", "lstm", "--epochs", "400"]
     args += ["--samples-per-epoch", "32", "--test-samples", "32", "--threads", "1"]
@@ -381,16 +418,22 @@ def test_sigterm_mid_run_then_resume_continues_from_the_last_epoch(tmp_path, job
         while not checkpoint.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert checkpoint.exists(), "no checkpoint after the first epoch"
-        time.sleep(1.0)
+        # A second command on the folder in use: refused in one line naming the holder.
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as second:
+            run_cli(*args[:-2], "--resume", "--out", str(out))
+        message = str(second.value.code)
+        assert message.startswith(f"phased-lstm: error: --out {out} is in use by another "), message
+        assert f"(PID {process.pid}, started 20" in message and "\n" not in message, message
         sent = time.monotonic()
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signum)
         _, stderr = process.communicate(timeout=60)
         assert time.monotonic() - sent < 30
         # multiprocessing's resource tracker ends on its own once the main process is gone.
         assert wait_for(lambda: not process_group(process.pid), 10), process_group(process.pid)
     finally:
         process.kill()
-    assert process.returncode not in (0, None)
+    assert process.returncode == 128 + signum, stderr[-2000:]  # 130, 143
     assert "interrupted" in stderr and "--resume" in stderr, stderr[-2000:]
     assert "Traceback" not in stderr, stderr[-2000:]
     saved = torch.load(checkpoint, weights_only=False)
@@ -398,12 +441,17 @@ def test_sigterm_mid_run_then_resume_continues_from_the_last_epoch(tmp_path, job
     assert 1 <= done < 400
     assert saved["global_step"] == done  # one batch per epoch: the checkpoint is whole
     assert not list(out.rglob("*.partial")) and not list(out.rglob("*.tmp"))
-    # Resume for two more epochs than were done: only those are trained.
-    resume = ["--resume", "--epochs", str(done + 2)]
+    # Resume for two more epochs than the furthest run did (with two jobs the other one may be
+    # ahead, its worker having started first on a busy machine): only those are trained.
+    furthest = max(
+        len(torch.load(path, weights_only=False)["history"])
+        for path in out.glob("runs/*/checkpoints/last.ckpt")
+    )
+    resume = ["--resume", "--epochs", str(furthest + 2)]
     capsys.readouterr()
     run_cli(*[a for a in args if a not in ("--epochs", "400")], *resume)
     history = read_results(out)["runs"]["lstm-standard-seed1"]["history"]
-    assert [row["epoch"] for row in history] == list(range(1, done + 3))
+    assert [row["epoch"] for row in history] == list(range(1, furthest + 3))
     assert history[:done] == saved["history"]
     # One progress display across the runs, whatever the number of jobs.
     progress = [line for line in capsys.readouterr().err.splitlines() if "runs done" in line]
@@ -450,6 +498,19 @@ def test_paper_preset_prints_its_estimate(tmp_path, capsys):
     assert "5 runs" in err and "70 epochs of 5000 examples" in err
     assert "estimated time on this machine" in err
     assert not (tmp_path / "paper").exists()
+
+
+def test_every_command_worth_it_gets_the_estimate():
+    """The quick presets are estimated before they train (their progress starts from it); a
+    tiny run, cheaper than its miniatures, is not."""
+    for experiment in ("freq", "adding", "nmnist"):
+        config = preset_config(experiment, "quick")
+        assert estimate.worth_estimating(config, {run: config.epochs for run in config.runs()})
+    config = preset_config("freq", "quick")
+    config.epochs, config.samples_per_epoch, config.test_samples = 1, 32, 32
+    config.condition_samples = {}
+    assert not estimate.worth_estimating(config, {run: 1 for run in config.runs()})
+    assert not estimate.worth_estimating(config, {run: 0 for run in config.runs()})
 
 
 def test_schedule_hands_each_run_to_the_first_free_worker():
@@ -576,13 +637,24 @@ def test_ddp_two_cpu_processes(tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["freq", "--condition", "fast"], "unknown condition 'fast'; choose from"),
-        (["adding", "--condition", "highres"], "unknown condition 'highres' for adding"),
-        (["freq", "--models", "plstm,gru"], "unknown model 'gru'; choose from plstm, lstm"),
+        # The chosen experiment's own choices, not every experiment's mixed together.
+        (
+            ["freq", "--condition", "fast"],
+            "unknown condition 'fast' for freq; choose from standard, highres, async\n",
+        ),
+        (
+            ["adding", "--condition", "highres"],
+            "unknown condition 'highres' for adding; choose from tau0-2, tau2-4, tau4-6, tau6-8\n",
+        ),
+        (
+            ["freq", "--models", "plstm,gru"],
+            "unknown model 'gru' for freq; choose from plstm, lstm, bnlstm-input, bnlstm, cfc\n",
+        ),
+        (["freq", "--condition", ","], "argument --condition: expected comma-separated"),
         (["freq", "--seeds", "a"], "comma-separated non-negative integers"),
         (["freq", "--epochs", "0"], "expected a positive integer"),
     ],
-    ids=["condition", "condition-of-other-experiment", "model", "seeds", "epochs"],
+    ids=["condition", "condition-of-other-experiment", "model", "empty", "seeds", "epochs"],
 )
 def test_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

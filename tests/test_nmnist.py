@@ -438,6 +438,14 @@ def test_example_trains_a_tiny_model_without_a_run(tiny, capsys):
     printed = capsys.readouterr().out
     assert "training a Phased LSTM of 4 units on 1 batches" in printed
     assert "whole recording at once predicts" in printed
+    # The true label beside every running prediction, and the verdict on the last one.
+    label = int(printed.split("test digit, true label ", 1)[1].split(":")[0])
+    running = [line for line in printed.splitlines() if line.lstrip().startswith("after ")]
+    assert running and all(f"true label {label}: " in line for line in running)
+    predicted = int(printed.rsplit("; streamed ", 1)[1].split(";")[0])
+    verdict = "right" if predicted == label else "wrong"
+    assert f"verdict: {verdict} (predicted {predicted}, true label {label})" in printed
+    assert running[-1].endswith(f"true label {label}: {verdict}")
 
 
 def test_rate_targets_count_a_gain_as_less_loss_than_a_drop():

@@ -11,10 +11,13 @@ one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from .config import (
     GRADIENT_CLIP_MODES,
@@ -29,15 +32,14 @@ from .tasks import TASKS
 PROG = "phased-lstm"
 
 
-def _csv_choices(kind: str, choices: tuple[str, ...]):
+def _csv_list(kind: str):
+    """A comma-separated list of names; whether each is valid depends on the experiment, which
+    :func:`resolve_config` checks, so that the error lists that experiment's own choices."""
+
     def parse(text: str) -> list[str]:
         items = [item.strip() for item in text.split(",") if item.strip()]
-        unknown = [item for item in items if item not in choices]
-        if unknown or not items:
-            raise argparse.ArgumentTypeError(
-                f"unknown {kind} {', '.join(map(repr, unknown)) or repr(text)}; "
-                f"choose from {', '.join(choices)}"
-            )
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind}s, got {text!r}")
         return list(dict.fromkeys(items))
 
     parse.__name__ = kind
@@ -90,14 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--preset", choices=presets, default="quick", help="default: quick")
     reproduce.add_argument(
         "--condition",
-        type=_csv_choices("condition", _union(task.conditions for task in TASKS.values())),
+        type=_csv_list("condition"),
         help="comma-separated (default: all of the experiment's); "
         + "; ".join(f"{name}: {','.join(task.conditions)}" for name, task in TASKS.items()),
     )
     models = _union(task.models for task in TASKS.values())
     reproduce.add_argument(
         "--models",
-        type=_csv_choices("model", models),
+        type=_csv_list("model"),
         help=f"comma-separated, from {', '.join(models)} (cfc needs phased-lstm[cfc])",
     )
     reproduce.add_argument("--seeds", type=_seed_list, help="comma-separated, e.g. 1,2,3")
@@ -130,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reproduce.add_argument(
         "--resume", action="store_true", help="continue the runs recorded in --out"
+    )
+    reproduce.add_argument(
+        "--restart-broken",
+        action="store_true",
+        help="with --resume: train again from scratch a run whose last checkpoint is unreadable "
+        "(the broken file is kept beside it, renamed *.broken); the other runs resume",
     )
     reproduce.add_argument(
         "--jobs",
@@ -274,6 +282,10 @@ def _check_extras(config: ExperimentConfig) -> None:
             ) from None
 
 
+def _note(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
 def _format_duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
@@ -282,14 +294,14 @@ def _format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _print_estimate(config: ExperimentConfig, results: dict, resumed: Path | None):
-    """Print how long the runs will take, or, resuming the folder ``resumed``, how long what is
-    left of them will; return the :class:`.estimate.Estimate`."""
-    from .estimate import epochs_left, estimate_time
+def _print_estimate(config: ExperimentConfig, left: dict, results: dict):
+    """Print how long the runs will take, or how long what is ``left`` of them will (and the
+    learning-rate sweep, unless ``results`` records it done); return the
+    :class:`.estimate.Estimate`."""
+    from .estimate import estimate_time
     from .runner import sigterm_interrupts
 
     started = time.perf_counter()
-    left = epochs_left(config, results, resumed)
     with sigterm_interrupts():
         estimate = estimate_time(config, left=left)
     seconds = estimate.seconds
@@ -341,19 +353,27 @@ def _sweep_seconds(config: ExperimentConfig, results: dict, estimate) -> float:
 
 
 def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.restart_broken and not args.resume:
+        parser.error("argument --restart-broken: only with --resume, which reads checkpoints")
     config = resolve_config(args, parser)
     _check_extras(config)
     out = args.out or Path("runs") / f"{config.experiment}-{config.preset}"
 
+    from .estimate import epochs_left, worth_estimating
+    from .files import Interrupted
+    from .lock import folder_lock
     from .report import write_report
+    from .resume import check_checkpoints
     from .runner import (
         ExperimentError,
         is_global_zero,
         prepare_output,
         run_experiment,
         sigterm_interrupts,
+        stopping_signal,
     )
 
+    held = contextlib.ExitStack()
     try:
         # Before the check of --out: the protocol that --resume compares is the settled one.
         config = TASKS[config.experiment].prepare(config)
@@ -361,6 +381,14 @@ def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if is_global_zero():
             # Refuse a wrong --out before spending minutes on the estimate.
             results = prepare_output(config, out, args.resume)
+            if not args.dry_run:
+                # Held until the command ends: no second command trains into the same folder.
+                held.enter_context(folder_lock(out, note=_note))
+            if args.resume and not (args.dry_run and args.restart_broken):
+                # (A dry run renames nothing; the estimate counts a broken run in full.)
+                check_checkpoints(
+                    config, out, results, restart_broken=args.restart_broken, note=_note
+                )
             if args.resume and not (out / "config.json").exists():
                 print(
                     f"{PROG}: --resume: {out} holds no results yet; starting fresh",
@@ -375,8 +403,9 @@ def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-            if config.preset == "paper" or args.dry_run:
-                estimate = _print_estimate(config, results, out if args.resume else None)
+            left = epochs_left(config, results, out if args.resume else None)
+            if config.preset == "paper" or args.dry_run or worth_estimating(config, left):
+                estimate = _print_estimate(config, left, results)
         if args.dry_run:
             return 0
         with sigterm_interrupts():
@@ -388,14 +417,28 @@ def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 epoch_seconds=estimate.epoch_seconds if estimate else None,
                 expected_seconds=estimate.seconds if estimate else None,
             )
+    except Interrupted as error:
+        _exit_interrupted(str(error), stopping_signal())
     except ExperimentError as error:
         raise SystemExit(f"{PROG}: error: {error}") from None
     except KeyboardInterrupt:
-        # Stopped between runs: every finished run is in results.json already.
-        raise SystemExit(
-            f"{PROG}: error: interrupted; rerun the same command with --resume to continue"
-        ) from None
+        # Stopped between runs: every finished run is in results.json already. Outside the
+        # handler's block a KeyboardInterrupt is Python's own, from SIGINT.
+        _exit_interrupted(
+            "interrupted; rerun the same command with --resume to continue",
+            stopping_signal() or signal.SIGINT,
+        )
+    finally:
+        held.close()
     return 0
+
+
+def _exit_interrupted(message: str, signum: int | None) -> NoReturn:
+    """End with ``message`` and the status shells and job schedulers read for a process that a
+    signal stopped, 128 + its number (130 for SIGINT, 143 for SIGTERM); 1 when no signal did
+    (a worker process that died)."""
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(128 + signum if signum else 1) from None
 
 
 def bench(bench_args: list[str]) -> int:

@@ -42,6 +42,10 @@ from .runner import (
 )
 
 Pair = tuple[str, str, int]  # (model, condition, seed): the run whose miniature is timed
+# Epochs of a miniature: the first one warms up, the last two give the steady state.
+MINIATURE_EPOCHS = 3
+# The estimate is made before every command whose miniatures cost at most this share of its runs.
+ESTIMATE_SHARE = 0.05
 
 
 class _PhaseTimer(Callback):
@@ -98,7 +102,7 @@ def time_run(
     two epochs give the steady state; the rest of the time is the run's fixed part."""
     mini = dataclasses.replace(
         config,
-        epochs=3,
+        epochs=MINIATURE_EPOCHS,
         samples_per_epoch=batches * config.batch_size,
         condition_samples={},
         test_samples=config.batch_size,
@@ -217,6 +221,21 @@ def epochs_left(config: ExperimentConfig, results: dict, out: Path | None) -> di
                 trained = len(state.get("history", []))
         left[run] = max(0, config.epochs - trained)
     return left
+
+
+def worth_estimating(config: ExperimentConfig, left: dict[Pair, int], batches: int = 3) -> bool:
+    """Whether the miniatures of :func:`estimate_time` cost at most ``ESTIMATE_SHARE`` of the
+    runs they estimate, counted in batches (training and test): then every command gets the
+    estimate, which its progress display starts from, not only ``--dry-run`` and the paper
+    preset. A tiny run costs less than its miniature and goes without."""
+    pairs = {run[:2] for run, epochs in left.items() if epochs > 0}
+    miniatures = len(pairs) * MINIATURE_EPOCHS * (batches + 1)
+    test = math.ceil(config.test_samples / config.batch_size)
+    runs = sum(
+        epochs * (math.ceil(config.samples_for(run[1]) / config.batch_size) + test)
+        for run, epochs in left.items()
+    )
+    return 0 < miniatures <= ESTIMATE_SHARE * runs
 
 
 def schedule_seconds(durations: Sequence[float], jobs: int, startup: float = 0.0) -> float:

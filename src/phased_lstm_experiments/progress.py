@@ -6,8 +6,14 @@ terminal it is one bar, redrawn in place, with each epoch's line printed above i
 log file, a pipe) it is the epoch lines and a plain summary line after every run and at most
 every ``interval`` seconds in between.
 
-Epochs are weighed by the task's cost of one epoch of their run (a high-resolution epoch counts
-ten times a standard one), so the estimate of the remaining time holds when runs differ.
+Epochs are weighed by the cost of one epoch of their run (the estimate's measured seconds, or
+the task's relative cost: a high-resolution epoch counts ten times a standard one), so the
+estimate of the remaining time holds when runs differ.
+
+The ETA starts from the ``--dry-run``-style estimate of the whole command and moves to the pace
+measured since training began as the work done grows past one epoch of every run: a few seconds
+of warm-up (a process starting, a first slow batch) never make a figure on their own. Without an
+estimate it is unknown until the first epoch ends.
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ class Progress:
         self._done: dict[str, float] = dict.fromkeys(runs, 0.0)  # epochs, fractional
         self._resumed: dict[str, float] = dict.fromkeys(runs, 0.0)
         self._finished: set[str] = set()
+        self._training_since: float | None = None  # the first run's start
+        self._measured = False  # whether an epoch has ended
         self._last_summary = self.started
         self._last_draw = 0.0
         self._drawn = False
@@ -79,6 +87,8 @@ class Progress:
     def start(self, name: str, first_epoch: int) -> None:
         """``name`` starts training, from ``first_epoch`` epochs done (a resumed run)."""
         self._resumed[name] = self._done[name] = float(first_epoch)
+        if self._training_since is None:
+            self._training_since = time.monotonic()
         resumed = f", continuing after epoch {first_epoch}" if first_epoch else ""
         self.say(f"[{name}] training for {self.epochs} epochs{resumed}")
 
@@ -88,6 +98,7 @@ class Progress:
 
     def epoch(self, name: str, row: dict) -> None:
         self._done[name] = max(self._done[name], float(row["epoch"]))
+        self._measured = True
         shown = ("train_loss", "test_loss", "test_acc")
         metrics = ", ".join(f"{key} {row[key]:.4g}" for key in shown if key in row)
         self.say(f"[{name}] epoch {row['epoch']}/{self.epochs}: {metrics} ({row['wall_s']:.0f} s)")
@@ -121,25 +132,42 @@ class Progress:
     def summary(self) -> str:
         """Runs and epochs done, the time elapsed and the estimated time left."""
         elapsed = time.monotonic() - self.started
-        total = sum(w * self.epochs for w in self.weights.values())
-        done = sum(self.weights[n] * min(d, self.epochs) for n, d in self._done.items())
-        resumed = sum(self.weights[n] * r for n, r in self._resumed.items())
-        trained = done - resumed
-        left = total - done
-        if left <= 0:
-            eta = "0:00"
-        elif trained > 0:
-            eta = clock(elapsed * left / trained)
-        elif self.expected is not None:
-            eta = f"{clock(self.expected - elapsed)} (estimated)"
-        else:
+        left = self.eta()
+        if left is None:
             eta = "unknown"
+        else:
+            eta = clock(left) + (" (estimated)" if left > 0 and not self._measured else "")
         epochs_done = sum(int(min(d, self.epochs)) for d in self._done.values())
         return (
             f"{len(self._finished)} of {len(self.weights)} runs done, "
             f"{epochs_done} of {self.epochs * len(self.weights)} epochs, "
             f"{clock(elapsed)} elapsed, ETA {eta}"
         )
+
+    def eta(self) -> float | None:
+        """Seconds left, or None before anything can be said (no estimate, no epoch ended).
+
+        In units of work (epochs, weighed), the pace since training began is blended with the
+        estimate's as if the estimate had been measured on one epoch of every run: ``(estimate's
+        seconds per unit * W0 + seconds since training began) / (W0 + units trained)``, W0 that
+        epoch. The estimate decides at first, the measurement once it covers more than W0."""
+        now = time.monotonic()
+        total = sum(w * self.epochs for w in self.weights.values())
+        done = sum(self.weights[n] * min(d, self.epochs) for n, d in self._done.items())
+        left = total - done
+        if left <= 0:
+            return 0.0
+        if self._training_since is None:  # processes and data still starting
+            return None if self.expected is None else max(0.0, self.expected - (now - self.started))
+        trained = done - sum(self.weights[n] * r for n, r in self._resumed.items())
+        training = now - self._training_since
+        if self.expected is None:
+            return training * left / trained if self._measured and trained > 0 else None
+        # What the estimate leaves for the training once it began, per unit of work to train.
+        to_train = left + trained
+        planned = max(self.expected - (self._training_since - self.started), 0.0) / to_train
+        prior = sum(self.weights.values())
+        return (planned * prior + training) / (prior + max(trained, 0.0)) * left
 
     def fraction(self) -> float:
         total = sum(w * self.epochs for w in self.weights.values())

@@ -46,6 +46,7 @@ from .config import (
     run_name,
 )
 from .files import ExperimentError, Interrupted, check_writable, write_atomic, write_json
+from .lock import LOCK_NAME
 from .progress import Progress
 from .sweep import sweep_learning_rates
 from .tasks import get_task
@@ -96,7 +97,7 @@ def prepare_output(config: ExperimentConfig, out: Path, resume: bool) -> dict:
     check_writable(out)
     config_path, results_path = out / "config.json", out / "results.json"
     if not config_path.exists():
-        if out.exists() and any(out.iterdir()):
+        if out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
             raise ExperimentError(
                 f"--out {out} is not empty and holds no phased-lstm experiment; "
                 "choose an empty or new folder"
@@ -739,20 +740,38 @@ def _worker_main(conn, parent_pid: int, config: dict, out: str, resume: bool) ->
 # Interruptions of the main process -------------------------------------------------------------
 
 
+# The signal that stopped this process, for its exit status (128 + the signal's number).
+_stopped_by: int | None = None
+
+
 def _raise_keyboard_interrupt(signum, frame) -> None:
+    global _stopped_by
+    _stopped_by = signum
     raise KeyboardInterrupt
+
+
+def stopping_signal() -> int | None:
+    """The signal (SIGINT, SIGTERM) received within :func:`sigterm_interrupts`, if any."""
+    return _stopped_by
 
 
 @contextlib.contextmanager
 def sigterm_interrupts():
     """Within the block, SIGTERM (``kill``, ``timeout``, a batch scheduler's time limit) stops a
     run like Ctrl-C does: at the last finished epoch, ready for ``--resume``. A background job
-    started from a script ignores SIGINT, so SIGTERM is how it is stopped."""
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    started from a script ignores SIGINT, so SIGTERM is how it is stopped. Either signal is
+    remembered (:func:`stopping_signal`): shells and schedulers read 128 + its number."""
+    global _stopped_by
+    _stopped_by = None  # a process may run several commands (the tests do)
+    handled = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        handled.append(signal.SIGINT)  # never where it is ignored (a background job)
+    previous = {signum: signal.signal(signum, _raise_keyboard_interrupt) for signum in handled}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _say(message: str, writer: bool) -> None:
@@ -773,6 +792,7 @@ __all__ = [
     "run_experiment",
     "run_name",
     "sigterm_interrupts",
+    "stopping_signal",
     "train_run",
     "write_atomic",
     "write_json",

@@ -285,9 +285,17 @@ def learning_curves(
     handles = {}
     for axis in axes[0]:
         handles.update(zip(*reversed(axis.get_legend_handles_labels()), strict=True))
-    if handles:
-        axes[0][0].legend(list(handles.values()), list(handles), fontsize=7, loc="lower right")
     figure.tight_layout()
+    if handles:
+        # Below the panels: inside one, it covered the curves that end in its corner (the
+        # LSTM's, still rising at the bottom right of the standard panel).
+        legend = figure.legend(
+            list(handles.values()), list(handles), fontsize=7, loc="lower center",
+            ncol=min(len(handles), 2 * count), frameon=False,
+        )  # fmt: skip
+        figure.canvas.draw()
+        height = legend.get_window_extent().height / figure.bbox.height
+        figure.tight_layout(rect=(0, height + 0.02, 1, 1))
     return figure
 
 
