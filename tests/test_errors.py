@@ -16,7 +16,8 @@ def layer():
 
 
 def x_and_times(length=6, batch=2):
-    return torch.randn(length, batch, 3), torch.rand(length, batch, dtype=torch.float64)
+    # Timestamps run forward within each sequence (the layer refuses them otherwise).
+    return torch.randn(length, batch, 3), torch.rand(length, batch, dtype=torch.float64).cumsum(0)
 
 
 @pytest.mark.parametrize(

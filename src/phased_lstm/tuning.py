@@ -28,7 +28,13 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from . import _checks
-from .nn._steps import time_major, valid_mask
+from .nn._steps import (
+    batch_first_hint,
+    raise_time_goes_back,
+    step_gaps,
+    time_major,
+    valid_mask,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +69,9 @@ def time_scales(
     Args:
         times: ``(L, N)``, ``(N, L)`` with ``batch_first``, ``(L,)`` for one sequence, or a
             PackedSequence of timestamps, as the layer reads them. Any real dtype; computed in
-            float64. Events need not be sorted: the duration is the span of the valid timestamps.
+            float64. They must not decrease along a sequence (time runs forward), as for the
+            layer; a ValueError names the first sample and step where one goes back, and says
+            when the other layout (``batch_first``) would run forward.
         lengths: optional ``(N,)`` integers in ``[0, L]``; steps at or past a sequence's length are
             padding and never read.
         batch_first: whether ``times`` is ``(N, L)``.
@@ -80,7 +88,13 @@ def time_scales(
         TimeScales(duration=4.0, gap=1.5, events=3.5, sequences=2)
     """
     t, mask = _time_major(times, lengths, batch_first)
-    _checks.check_finite_times(torch.where(mask, t, torch.zeros((), dtype=t.dtype)))
+    t = torch.where(mask, t, torch.zeros((), dtype=t.dtype))
+    _checks.check_finite_times(t)
+    gaps = step_gaps(t, mask)
+    if bool((gaps < 0).any()):
+        layout = batch_first if bool(mask.all()) and not isinstance(times, PackedSequence) else None
+        hint = "" if layout is None else batch_first_hint(t, layout)
+        raise_time_goes_back(t, gaps, hint=hint)
     events = mask.sum(0)
     first = torch.where(mask, t, torch.full((), torch.inf, dtype=t.dtype)).amin(0)
     last = torch.where(mask, t, torch.full((), -torch.inf, dtype=t.dtype)).amax(0)

@@ -128,8 +128,12 @@ def prepare_steps(
     device: torch.device,
     name: str = "times",
     owner: nn.Module | None = None,
+    batch_first: bool | None = None,
 ) -> Steps:
     """Check ``times`` (already ``(L, N)``, time-major) and ``lengths``; build the mask.
+
+    ``batch_first``: the layout ``times`` came in when they came without an input (as to
+    :meth:`PhasedLSTM.update_fraction`), for the hint of :func:`check_time_values`.
 
     Checks that read values synchronise with a CUDA device: the finiteness of ``times``, and
     the range of ``lengths`` if it is given on the GPU (give it on the CPU, as nn.utils.rnn
@@ -161,55 +165,70 @@ def prepare_steps(
         else:
             steps = Steps(times)
     if values_checkable(times):
-        gaps = None
-        if times.dtype in COARSE_DTYPES:
-            gaps = steps.times[1:] - steps.times[:-1]
-            if steps.mask is not None:
-                gaps = gaps.masked_fill(~steps.mask[1:], 0)
-        check_time_values(steps.times, gaps, name, owner)
+        layout = batch_first if steps.mask is None else None
+        gaps = step_gaps(steps.times, steps.mask)
+        check_time_values(steps.times, gaps, name, owner, batch_first=layout)
     return steps
+
+
+def step_gaps(times: Tensor, mask: Tensor | None) -> Tensor:
+    """``(L - 1, N)``: each valid timestamp minus the one before it in its sequence, 0 where
+    either step is padding."""
+    gaps = times[1:] - times[:-1]
+    return gaps if mask is None else gaps.masked_fill(~mask[1:], 0)
 
 
 def check_packed_times(data: Tensor, batch_sizes: Tensor, owner: nn.Module | None) -> None:
     """:func:`check_time_values` for the ``(S,)`` timestamps of a PackedSequence."""
     if not values_checkable(data):
         return
-    gaps = None
-    if data.dtype in COARSE_DTYPES:
-        rows, previous = packed_successions(batch_sizes)
-        gaps = data[rows.to(data.device)] - data[previous.to(data.device)]
-    check_time_values(data, gaps, "times", owner, stacklevel=5)
+    rows, previous = packed_successions(batch_sizes)
+    gaps = data[rows.to(data.device)] - data[previous.to(data.device)]
+    check_time_values(data, gaps, "times", owner, stacklevel=5, packed=batch_sizes)
 
 
 def check_time_values(
     times: Tensor,
-    gaps: Tensor | None,
+    gaps: Tensor,
     name: str,
     owner: nn.Module | None,
     stacklevel: int = 4,
+    packed: Tensor | None = None,
+    batch_first: bool | None = None,
 ) -> None:
-    """Finite ``times`` (a ValueError if not) and, with ``gaps`` (the differences between
-    consecutive valid timestamps of each sample; float32 or narrower times only), a warning,
-    once per ``owner``, when the dtype cannot resolve those gaps at the times' magnitude: at
-    t ~ 1e6 float32 holds steps of 1/16, and at 1e9 of 64. One host sync on CUDA; float64
-    times cost the finiteness check only."""
-    if gaps is None or times.numel() == 0:
-        _checks.check_finite_times(times, name)
+    """Finite ``times`` that never decrease along a sequence (a ValueError if not,
+    :func:`raise_time_goes_back`), given ``gaps``, the differences between consecutive valid
+    timestamps of each sequence (:func:`step_gaps`; of a PackedSequence with ``packed``, its
+    batch sizes, in :func:`packed_successions` order). For float32 or narrower times also a
+    warning, once per ``owner``, when the dtype cannot resolve those gaps at the times'
+    magnitude: at t ~ 1e6 float32 holds steps of 1/16, and at 1e9 of 64. One host sync on
+    CUDA. ``batch_first``: the layout the times came in, when they came alone (no input to
+    check their shape against, no padding): the error then says when the other layout would
+    run forward."""
+    if times.numel() == 0:
         return
-    warned = owner is not None and owner.__dict__.get("_warned_coarse_times", False)
+    if not times.is_floating_point():  # integer timestamps: exact as float64 up to 2**53
+        times, gaps = times.double(), gaps.double()
+    coarse = times.dtype in COARSE_DTYPES
     positive = gaps.abs()
     positive = positive.masked_fill(positive == 0, math.inf)
     smallest = positive.min() if positive.numel() else times.new_tensor(math.inf)
-    finite, magnitude, gap = torch.stack(
+    lowest = gaps.min() if gaps.numel() else times.new_zeros(())
+    finite, magnitude, gap, back = torch.stack(
         [
             torch.isfinite(times).all().to(torch.float64),
             times.abs().max().double(),
             smallest.double(),
+            (lowest < 0).to(torch.float64),
         ]
     ).tolist()
     if not finite:
         raise ValueError(f"{name} must be finite at every valid step, got NaN or infinity")
-    if warned or magnitude == 0 or not math.isfinite(gap):
+    if back:
+        hint = "" if batch_first is None else batch_first_hint(times, batch_first)
+        raise_time_goes_back(times, gaps, name, packed, hint)
+    warned = owner is not None and owner.__dict__.get("_warned_coarse_times", False)
+    if not coarse or warned or magnitude == 0 or not math.isfinite(gap):
         return
     resolution = torch.finfo(times.dtype).eps * 2.0 ** math.floor(math.log2(magnitude))
     if resolution > COARSE_SHARE * gap:
@@ -225,6 +244,56 @@ def check_time_values(
         )
         if owner is not None:
             owner.__dict__["_warned_coarse_times"] = True
+
+
+def raise_time_goes_back(
+    times: Tensor,
+    gaps: Tensor,
+    name: str = "times",
+    packed: Tensor | None = None,
+    hint: str = "",
+) -> None:
+    """The ValueError for timestamps that decrease within a sequence: it names the first
+    sample (in the batch's order) and the step where time goes back, with both values.
+
+    Time runs forward within each sequence, as the paper's gate and every use of it assume; a
+    timestamp that goes back is almost always a mistake upstream (a wrong layout, a counter
+    that wrapped, unsorted events)."""
+    if packed is None:
+        step, sample = (gaps < 0).nonzero(as_tuple=True)
+        first = int(torch.argmin(sample * gaps.shape[0] + step))
+        sample, step = int(sample[first]), int(step[first]) + 1
+        before, after = times[step - 1, sample], times[step, sample]
+    else:
+        rows, previous = packed_successions(packed)
+        sizes = packed.to(torch.int64)
+        offsets = sizes.cumsum(0) - sizes
+        back = (gaps < 0).nonzero(as_tuple=True)[0].cpu()
+        row_steps = torch.searchsorted(offsets, rows[back], right=True) - 1
+        row_samples = rows[back] - offsets[row_steps]
+        first = int(torch.argmin(row_samples * sizes.numel() + row_steps))
+        sample, step = int(row_samples[first]), int(row_steps[first])
+        before = times[int(previous[back][first])]
+        after = times[int(rows[back][first])]
+    raise ValueError(
+        f"{name} must not decrease along a sequence (time runs forward within each sample), "
+        f"but sample {sample} goes back at step {step}: {float(before):.10g} then "
+        f"{float(after):.10g}{hint}"
+    )
+
+
+def batch_first_hint(times: Tensor, batch_first: bool) -> str:
+    """A hint for :func:`raise_time_goes_back` when unpadded ``times`` (time-major
+    ``(L, N)``, as read with ``batch_first``) would run forward read in the other layout."""
+    if times.dim() != 2 or times.shape[0] < 2 or times.shape[1] < 2:
+        return ""
+    if not bool((times[:, 1:] >= times[:, :-1]).all()):
+        return ""
+    layout, other = ("(L, N)", False) if batch_first else ("(N, L)", True)
+    return (
+        f"; they run forward along the other axis: if times is laid out {layout}, pass "
+        f"batch_first={other}"
+    )
 
 
 # ------------------------------------------------------------- the reverse direction's steps

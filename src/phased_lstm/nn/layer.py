@@ -417,7 +417,9 @@ class PhasedLSTM(PhasedModule):
                 "update_fraction counts open gates, which needs timestamps with values; "
                 "times on the meta device have none"
             )
-        steps = prepare_steps(times, lengths, times.device, owner=self)
+        steps = prepare_steps(
+            times, lengths, times.device, owner=self, batch_first=self.batch_first
+        )
         count = steps.valid_count
         if count == 0:
             raise ValueError("update_fraction needs at least one valid step, got none")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from .. import _checks
+from ._steps import raise_time_goes_back
 from .layer import PhasedLSTM
 
 
@@ -28,6 +31,9 @@ class PhasedLSTMStream:
     Output: h
         ``(N, H)``, ``(H,)`` for ``(H_in,)`` input, or ``(L, N, H)``: the last layer's hidden
         state after each event. A new tensor each call.
+
+    Time runs forward: an event earlier than the sample's previous one (in this call or an
+    earlier one since :meth:`reset`) raises a ValueError naming ``t``; equal times are fine.
 
     Example::
 
@@ -66,6 +72,8 @@ class PhasedLSTMStream:
         layer = self.layer
         shape = (layer.num_layers, self.batch_size, layer.hidden_size)
         like = layer.weight_hh_l0
+        # The latest timestamp each sample has seen: a float while the batch shares it.
+        self._last: float | Tensor = -math.inf
         if hx is None:
             self._h = torch.zeros(shape, dtype=like.dtype, device=like.device)
             self._c = torch.zeros(shape, dtype=like.dtype, device=like.device)
@@ -78,11 +86,50 @@ class PhasedLSTMStream:
         if torch.is_grad_enabled():
             with torch.no_grad():
                 return self(x, t)
-        if not torch.compiler.is_compiling():
-            out = self.layer._stream_call("advance", x, t, self._h, self._c)
-            if out is not None:
-                return out
-        return self._general(x, t)
+        if torch.compiler.is_compiling():
+            return self._general(x, t)
+        latest = self._check_forward(t)
+        out = self.layer._stream_call("advance", x, t, self._h, self._c)
+        if out is None:
+            out = self._general(x, t)
+        self._last = latest
+        return out
+
+    def _check_forward(self, t: Tensor | float) -> float | Tensor:
+        """Refuse events earlier than each sample's previous one; return the latest time of
+        each sample after this call (kept once the call succeeds)."""
+        last = self._last
+        if not isinstance(t, Tensor):
+            value = _checks.check_real("t", t)
+            latest = last if isinstance(last, float) else float(last.max())
+            if value < latest:
+                raise ValueError(
+                    f"t must not go back in a stream (time runs forward), got {value:.10g} "
+                    f"after {latest:.10g}; call reset() to start a new sequence"
+                )
+            return value
+        if t.dim() > 2 or t.is_complex() or t.dtype == torch.bool:
+            return last  # the layer's checks name what is wrong
+        times = t.detach().to(torch.float64)
+        if times.dim() == 2 and times.shape[0] > 1:
+            gaps = times[1:] - times[:-1]
+            if bool((gaps < 0).any()):
+                raise_time_goes_back(times, gaps, "t")
+        first = times if times.dim() < 2 else times[0]
+        if isinstance(last, float):
+            behind = first < last
+        else:
+            behind = first < last.to(first.device)
+        if bool(behind.any()):
+            sample = int(behind.reshape(-1).nonzero()[0]) if behind.dim() else 0
+            previous = last if isinstance(last, float) else float(last.reshape(-1)[sample])
+            now = float(first.reshape(-1)[sample]) if first.dim() else float(first)
+            raise ValueError(
+                f"t must not go back in a stream (time runs forward), but sample {sample} "
+                f"got {now:.10g} after {previous:.10g}; call reset() to start a new sequence"
+            )
+        final = times if times.dim() < 2 else times[-1]
+        return float(final) if final.dim() == 0 else final.clone()
 
     def _general(self, x: Tensor, t: Tensor | float) -> Tensor:
         """The same through the layer's general path (which validates)."""
