@@ -4,11 +4,13 @@
 for the layer. :mod:`.events` reads and writes event recordings in the N-MNIST file format,
 :mod:`.nmnist` serves them as a torch Dataset and :mod:`.transforms` holds the event transforms
 and the collate that pads recordings for the layer. :mod:`.streams` merges sensors that tick at
-their own rates into one sequence.
+their own rates into one sequence; :mod:`.rates` thins a batch to random rates, for training
+that holds at any sampling rate.
 """
 
 from .events import EVENT_DTYPE, SENSOR_SIZE, read_nmnist, write_nmnist
 from .nmnist import NMNIST
+from .rates import random_rate
 from .streams import merge_stream_batch, merge_streams
 from .synthetic import FREQUENCY_CONDITIONS, adding_task, frequency_task, two_frequency_task
 from .transforms import (
@@ -42,6 +44,7 @@ __all__ = [
     "frequency_task",
     "merge_stream_batch",
     "merge_streams",
+    "random_rate",
     "read_nmnist",
     "subsample_events",
     "time_window",

@@ -24,6 +24,7 @@ from torch.utils.data import default_collate
 
 from .._checks import check_positive_int
 from .events import SENSOR_SIZE, _check_events, _check_first
+from .rates import check_share_range
 from .synthetic import _check_choice, _rng
 
 NUM_ADDRESSES = SENSOR_SIZE[0] * SENSOR_SIZE[1] * SENSOR_SIZE[2]  # 2,312 for 34x34x2
@@ -32,16 +33,22 @@ TIME_UNITS = ("ms", "us")
 
 def subsample_events(
     events: np.ndarray,
-    rate: float,
+    rate: float | None = None,
     *,
+    share: tuple[float, float] | None = None,
     seed: int | None = None,
     generator: np.random.Generator | None = None,
 ) -> np.ndarray:
-    """Keep each event independently with probability ``rate`` (the paper's event rate rho).
+    """Keep each event independently with probability ``rate`` (the paper's event rate rho),
+    or a random ``share`` of the events (training for any rate).
 
     Args:
         events: a recording.
         rate: the probability to keep an event, in ``(0, 1]``; 1 keeps them all.
+        share: instead of ``rate``, ``(low, high)`` with ``0 < low <= high <= 1``: a share
+            ``s`` is drawn uniformly in ``[low, high]`` and ``max(1, round(s * n))`` of the
+            ``n`` events are kept (none of an empty recording), chosen uniformly without
+            replacement (as :func:`phased_lstm.data.random_rate` does for a padded batch).
         seed: seed of a fresh ``numpy.random.Generator``.
         generator: an existing ``numpy.random.Generator`` to draw from (not with ``seed``);
             with neither, the draw comes from OS entropy.
@@ -50,8 +57,15 @@ def subsample_events(
         The kept events, in their order (a new array).
     """
     _check_events(events)
-    rate = _check_rate(rate)
+    if (rate is None) == (share is None):
+        raise TypeError("subsample_events takes either rate or share=(low, high), not both")
     rng = _rng(seed, generator)
+    if share is not None:
+        low, high = check_share_range("share", share)
+        count = events.shape[0]
+        kept = min(count, max(1, round(rng.uniform(low, high) * count)))
+        return events[np.sort(rng.permutation(count)[:kept])]
+    rate = _check_rate(rate)
     return events[rng.random(events.shape[0]) < rate]
 
 
@@ -182,7 +196,8 @@ def collate_events(
 
 @dataclasses.dataclass(frozen=True)
 class SubsampleEvents:
-    """:func:`subsample_events` as a dataset transform: keep each event with probability ``rate``.
+    """:func:`subsample_events` as a dataset transform: keep each event with probability ``rate``
+    (or a random ``share`` of the events: ``SubsampleEvents(share=(0.3, 1.0))``).
 
     With ``seed=None`` every call draws afresh (OS entropy): a new subsample each epoch. With an
     int ``seed``, the draw is seeded by ``seed`` and the recording's content, so a recording
@@ -192,11 +207,17 @@ class SubsampleEvents:
     (``dataset.transform = SubsampleEvents(0.75, seed=epoch)``).
     """
 
-    rate: float
+    rate: float | None = None
     seed: int | None = None
+    share: tuple[float, float] | None = None
 
     def __post_init__(self):
-        _check_rate(self.rate)
+        if (self.rate is None) == (self.share is None):
+            raise TypeError("SubsampleEvents takes either rate or share=(low, high), not both")
+        if self.rate is not None:
+            _check_rate(self.rate)
+        else:
+            object.__setattr__(self, "share", check_share_range("share", self.share))
         _rng(self.seed, None)  # validates the seed
 
     def __call__(self, events: np.ndarray) -> np.ndarray:
@@ -205,7 +226,7 @@ class SubsampleEvents:
         if self.seed is not None:
             content = zlib.crc32(np.ascontiguousarray(events).tobytes())
             generator = np.random.default_rng([self.seed, content, events.shape[0]])
-        return subsample_events(events, self.rate, generator=generator)
+        return subsample_events(events, self.rate, share=self.share, generator=generator)
 
 
 @dataclasses.dataclass(frozen=True)
