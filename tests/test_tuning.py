@@ -50,9 +50,9 @@ def test_poisson_times_give_the_mean_waiting_time():
     assert low == pytest.approx(2.5, rel=0.01) and high == pytest.approx(99.75, rel=0.01)
 
 
-def test_padding_is_never_read_and_unsorted_events_are_fine():
+def test_padding_is_never_read_and_time_must_run_forward():
     times = torch.tensor(
-        [[3.0, 0.0, 1.0, math.nan], [0.0, 10.0, -1e9, math.inf], [5.0, 9.0, 7.0, 6.0]],
+        [[0.0, 1.0, 3.0, math.nan], [0.0, 10.0, -1e9, math.inf], [5.0, 6.0, 7.0, 9.0]],
         dtype=torch.float64,
     )
     lengths = torch.tensor([3, 2, 4])
@@ -64,6 +64,10 @@ def test_padding_is_never_read_and_unsorted_events_are_fine():
     assert scales.sequences == 1 and scales.duration == 3.0
     same = torch.tensor([[2.0, 2.0], [0.0, 8.0]], dtype=torch.float64)
     assert time_scales(same, batch_first=True).sequences == 1
+    # Events out of time order within a sequence are refused (they were read as a span before).
+    unsorted = torch.tensor([[3.0, 0.0, 1.0], [5.0, 6.0, 7.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match="sample 0 goes back at step 1: 3 then 0"):
+        time_scales(unsorted, batch_first=True)
 
 
 def test_layouts_agree():
