@@ -23,7 +23,7 @@ direction, on CPU float32/float64 tensors.
   ``weight_hh`` once per step, so its work falls with the open share; a batch gains less than
   ``1 / r_on`` because the dense product reuses each row for every sample. The layer still
   computes the input projection and the time gate of every step. Measured figures are in the
-  README's Speed section (``phased-lstm bench``).
+  docs/speed.md (``phased-lstm bench``).
 
 Both bring the compiled time gate (``csrc/time_gate.cpp``), and ``"sparse"`` the streaming
 step (``csrc/stream.cpp``) that runs one event through every layer in one call. The C++ source
