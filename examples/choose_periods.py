@@ -1,4 +1,4 @@
-"""Choosing period_range and r_on on real data: the measured table of docs/guide.md (its short form in the README).
+"""Choosing period_range and r_on on real data: the measured table of docs/guide.md.
 
 Five small UCR/UEA classification sets that ship inside the ``sktime`` package (no network),
 with half of each series' points dropped at random, so that the events are irregular. For each,
