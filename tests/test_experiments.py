@@ -21,9 +21,7 @@ from phased_lstm_experiments import estimate, runner  # noqa: E402
 from phased_lstm_experiments.cli import main  # noqa: E402
 from phased_lstm_experiments.config import (  # noqa: E402
     ExperimentConfig,
-    model_spec,
     parameter_clip,
-    preset_config,
 )
 from phased_lstm_experiments.files import ExperimentError  # noqa: E402
 from phased_lstm_experiments.models import (  # noqa: E402
@@ -34,6 +32,7 @@ from phased_lstm_experiments.models import (  # noqa: E402
     build_model,
     step_mask,
 )
+from phased_lstm_experiments.tasks import TASKS, preset_config  # noqa: E402
 
 SPEC = ModelSpec(input_size=1, num_outputs=2, classify=True, hidden_size=12, max_steps=40)
 TINY = ["--epochs", "1", "--samples-per-epoch", "32", "--test-samples", "32"]
@@ -212,10 +211,10 @@ def test_parameter_clipping_only_where_the_recurrence_does_not_clip():
     config = paper
     assert parameter_clip(config, "plstm") is None and parameter_clip(config, "bnlstm") is None
     assert parameter_clip(config, "cfc") == 10.0  # CfC has no LSTM gates to clip
-    assert model_spec(config, "plstm", "async").grad_clip == 10.0
+    assert TASKS["freq"].model_spec(config, "plstm", "async").grad_clip == 10.0
     config.gradient_clip_mode = "value"
     assert parameter_clip(config, "plstm") == 10.0
-    assert model_spec(config, "plstm", "async").grad_clip is None
+    assert TASKS["freq"].model_spec(config, "plstm", "async").grad_clip is None
     # A folder written before the mode existed was trained with parameter clipping.
     old = config.to_dict()
     del old["gradient_clip_mode"], old["time_gate_adam"]
@@ -505,12 +504,14 @@ def test_every_command_worth_it_gets_the_estimate():
     tiny run, cheaper than its miniatures, is not."""
     for experiment in ("freq", "adding", "nmnist"):
         config = preset_config(experiment, "quick")
-        assert estimate.worth_estimating(config, {run: config.epochs for run in config.runs()})
+        assert estimate.worth_estimating(
+            config, {run: config.epochs for run in TASKS[experiment].runs(config)}
+        )
     config = preset_config("freq", "quick")
     config.epochs, config.samples_per_epoch, config.test_samples = 1, 32, 32
     config.condition_samples = {}
-    assert not estimate.worth_estimating(config, {run: 1 for run in config.runs()})
-    assert not estimate.worth_estimating(config, {run: 0 for run in config.runs()})
+    assert not estimate.worth_estimating(config, {run: 1 for run in TASKS["freq"].runs(config)})
+    assert not estimate.worth_estimating(config, {run: 0 for run in TASKS["freq"].runs(config)})
 
 
 def test_schedule_hands_each_run_to_the_first_free_worker():
@@ -541,10 +542,11 @@ def test_estimate_schedules_the_longest_epochs_first(monkeypatch):
     # Runs of 6 s (lstm) and 2 s (plstm), two each: the lstm runs first on both workers, then
     # the plstm ones, 8 s; in the experiment's order (plstm, lstm, plstm, lstm) it would be 10.
     assert result.seconds == 8
-    order = runner.run_order(config, config.runs(), result.epoch_seconds)
+    order = runner.run_order(config, TASKS["freq"].runs(config), result.epoch_seconds)
     assert [run[0] for run in order] == ["lstm", "lstm", "plstm", "plstm"]
     # Without a measure for every run, the task's relative cost (equal here) keeps the order.
-    assert runner.run_order(config, config.runs(), {order[0]: 1.0}) == config.runs()
+    runs = TASKS["freq"].runs(config)
+    assert runner.run_order(config, runs, {order[0]: 1.0}) == runs
 
 
 def test_run_seconds_scale_the_parts_of_a_miniature():

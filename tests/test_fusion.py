@@ -319,7 +319,7 @@ def test_table_cells_and_claims_from_hand_written_results():
 
 
 def fusion_config():
-    from phased_lstm_experiments.config import preset_config
+    from phased_lstm_experiments.tasks import preset_config
 
     config = preset_config("fusion", "quick")
     config.samples_per_epoch, config.test_samples = 32, 32

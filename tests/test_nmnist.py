@@ -27,10 +27,9 @@ from phased_lstm.data import (  # noqa: E402
     to_frames,
 )
 from phased_lstm_experiments import estimate  # noqa: E402
-from phased_lstm_experiments.config import preset_config  # noqa: E402
 from phased_lstm_experiments.models import ModelSpec  # noqa: E402
 from phased_lstm_experiments.nmnist_sim import main as build_sim  # noqa: E402
-from phased_lstm_experiments.tasks import nmnist  # noqa: E402
+from phased_lstm_experiments.tasks import nmnist, preset_config  # noqa: E402
 from phased_lstm_experiments.tasks.nmnist import (  # noqa: E402
     TASK,
     EventSequenceModel,

@@ -21,11 +21,15 @@ pytest.importorskip("lightning")
 
 from phased_lstm_experiments import datasets  # noqa: E402
 from phased_lstm_experiments.cli import main  # noqa: E402
-from phased_lstm_experiments.config import preset_config  # noqa: E402
 from phased_lstm_experiments.models import ModelSpec  # noqa: E402
 from phased_lstm_experiments.progress import Progress  # noqa: E402
 from phased_lstm_experiments.report import reported_config, results_markdown  # noqa: E402
-from phased_lstm_experiments.tasks import TASKS, Task, TaskOption  # noqa: E402
+from phased_lstm_experiments.tasks import (  # noqa: E402
+    TASKS,
+    Task,
+    TaskOption,
+    preset_config,  # noqa: E402
+)
 from tests.test_experiments import (  # noqa: E402
     TINY,
     _one_thread,  # noqa: F401  (autouse fixture)

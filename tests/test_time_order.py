@@ -101,7 +101,9 @@ def test_stream_refuses_an_event_earlier_than_the_last():
         ValueError, match=r"t must not go back in a stream.*sample 1 got 1.5 after 2"
     ):
         stream(torch.randn(2, 3), torch.tensor([1.5, 1.5], dtype=f64))
-    with pytest.raises(ValueError, match=r"t must not go back in a stream \(time runs forward\), got 1.9 after 2;"):
+    with pytest.raises(
+        ValueError, match=r"t must not go back in a stream \(time runs forward\), got 1.9 after 2;"
+    ):
         stream(torch.randn(2, 3), 1.9)
     assert all(torch.equal(a, b) for a, b in zip(state, stream.state, strict=True))
     # Several events in one call: within the call too.

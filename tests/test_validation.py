@@ -13,12 +13,11 @@ pytest.importorskip("lightning")
 
 from phased_lstm_experiments.config import (  # noqa: E402
     ExperimentConfig,
-    preset_config,
     protocol_of,
 )
 from phased_lstm_experiments.runner import build_run  # noqa: E402
 from phased_lstm_experiments.sweep import choose_rates, sweep_learning_rates  # noqa: E402
-from phased_lstm_experiments.tasks import get_task  # noqa: E402
+from phased_lstm_experiments.tasks import get_task, preset_config  # noqa: E402
 from phased_lstm_experiments.training import TaskModule  # noqa: E402
 from tests.test_experiments import _one_thread, read_results, run_cli  # noqa: E402, F401
 
@@ -227,10 +226,10 @@ def test_folders_written_before_validation_resume_with_the_same_protocol():
     for name in ("validation_share", "test_sets", "patience", "min_delta", "learning_rates",
                  "lr_sweep", "sweep_epochs"):  # fmt: skip
         del written[name]
-    assert protocol_of(written) == config.protocol()
+    assert protocol_of(written, FREQ) == config.protocol(FREQ)
     assert ExperimentConfig.from_dict(written) == config
     # A field that differs is still a different protocol.
-    assert protocol_of({**written, "patience": 5}) != config.protocol()
+    assert protocol_of({**written, "patience": 5}, FREQ) != config.protocol(FREQ)
 
 
 # N-MNIST-sim's validation split ---------------------------------------------------------------

@@ -24,10 +24,9 @@ from .config import (
     TIME_GATE_ADAM_MODES,
     ExperimentConfig,
     TrainerOptions,
-    preset_config,
 )
 from .datasets import DATASET_BUILDERS
-from .tasks import TASKS
+from .tasks import TASKS, preset_config
 
 PROG = "phased-lstm"
 
@@ -395,8 +394,9 @@ def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                     file=sys.stderr,
                     flush=True,
                 )
+            runs = TASKS[config.experiment].runs(config)
             print(
-                f"{PROG}: {config.experiment}, preset {config.preset}: {len(config.runs())} runs "
+                f"{PROG}: {config.experiment}, preset {config.preset}: {len(runs)} runs "
                 f"({', '.join(config.models)} x {', '.join(config.conditions)} x seeds "
                 f"{', '.join(map(str, config.seeds))}), {config.epochs} epochs of "
                 f"{config.samples_per_epoch} examples -> {out}",

@@ -40,6 +40,7 @@ from .runner import (
     train_run,
     worker_threads,
 )
+from .tasks import get_task
 
 Pair = tuple[str, str, int]  # (model, condition, seed): the run whose miniature is timed
 # Epochs of a miniature: the first one warms up, the last two give the steady state.
@@ -85,7 +86,7 @@ class RunTiming:
 
     def epoch_seconds(self, config: ExperimentConfig, condition: str) -> float:
         training = math.ceil(config.samples_for(condition) / config.batch_size)
-        test = math.ceil(config.evaluation_samples() / config.batch_size)
+        test = math.ceil(get_task(config.experiment).evaluation_samples(config) / config.batch_size)
         return training * self.training_batch + test * self.test_pass + self.epoch_rest
 
     def run_seconds(self, config: ExperimentConfig, condition: str, epochs: int) -> float:
@@ -208,7 +209,7 @@ def epochs_left(config: ExperimentConfig, results: dict, out: Path | None) -> di
     records as finished, those after the last finished epoch of a run with a checkpoint in
     ``out`` (what ``--resume`` continues), all of them otherwise."""
     left = {}
-    for run in config.runs():
+    for run in get_task(config.experiment).runs(config):
         if is_finished(config, results.get("runs", {}).get(run_name(*run))):
             left[run] = 0
             continue
@@ -269,8 +270,8 @@ def estimate_time(
     the runner's order, after the time the timing processes took to start. Not counted: the
     report that the main process writes after every run (1-4 s with its figures)."""
     if left is None:
-        left = {run: config.epochs for run in config.runs()}
-    pending = [run for run in config.runs() if left.get(run, 0) > 0]
+        left = {run: config.epochs for run in get_task(config.experiment).runs(config)}
+    pending = [run for run in get_task(config.experiment).runs(config) if left.get(run, 0) > 0]
     if not pending:
         return Estimate(0.0, {}, 0)
     jobs = max(1, min(config.trainer.jobs, len(pending)))

@@ -118,7 +118,8 @@ def prepare_output(config: ExperimentConfig, out: Path, resume: bool) -> dict:
             f"--out {out} already holds results of this experiment; "
             "pass --resume to continue them, or choose another folder"
         )
-    before, now = protocol_of(previous), config.protocol()
+    task = get_task(config.experiment)
+    before, now = protocol_of(previous, task), config.protocol(task)
     changed = [
         f"{name} was {before[name]!r}, now {now[name]!r}"
         for name in now
@@ -368,7 +369,8 @@ def epoch_costs(
     ``--dry-run`` estimate's) covers every run, the task's relative ``run_cost`` otherwise."""
     if epoch_seconds and all(run in epoch_seconds for run in runs):
         return {run: float(epoch_seconds[run]) for run in runs}
-    return {run: config.run_cost(run[1]) for run in runs}
+    task = get_task(config.experiment)
+    return {run: task.run_cost(config, run[1]) for run in runs}
 
 
 def run_order(
@@ -424,7 +426,8 @@ def run_experiment(
     quiet_lightning()
     writer = is_global_zero()
     # The CLI has prepared it already (the task returns a prepared config unchanged).
-    config = get_task(config.experiment).prepare(config)
+    task = get_task(config.experiment)
+    config = task.prepare(config)
     results = prepare_output(config, out, resume) if writer else _fresh_results()
     if config.threads > 0:
         torch.set_num_threads(config.threads)
@@ -441,7 +444,7 @@ def run_experiment(
         config = sweep_learning_rates(config, out, results, resume, run_experiment)
         if writer:
             write_json(out / "results.json", {**results, "config": config.to_dict()})
-    pending = pending_runs(config, results)
+    pending = pending_runs(task, config, results)
     jobs = min(config.trainer.jobs, len(pending))
     if jobs > 1:
         _check_parallel_options(config)

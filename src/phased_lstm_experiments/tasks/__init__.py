@@ -7,6 +7,7 @@ instance ``TASK`` (see :mod:`.base` for the interface), then list the module bel
 
 from __future__ import annotations
 
+from ..config import ExperimentConfig
 from . import adding, freq, freq2, fusion, nmnist
 from .base import FigureSpec, Run, SyntheticTask, Task, TaskOption, collate_trimmed
 
@@ -23,6 +24,11 @@ def get_task(name: str) -> Task:
         raise ValueError(f"experiment must be one of {', '.join(TASKS)}, got {name!r}") from None
 
 
+def preset_config(experiment: str, preset: str) -> ExperimentConfig:
+    """The configuration of ``experiment`` under ``preset``, before explicit CLI options."""
+    return get_task(experiment).preset_config(preset)
+
+
 __all__ = [
     "TASKS",
     "FigureSpec",
@@ -32,4 +38,5 @@ __all__ = [
     "TaskOption",
     "collate_trimmed",
     "get_task",
+    "preset_config",
 ]
