@@ -511,7 +511,7 @@ def test_pool_interrupted_while_starting_ends_the_started_workers(monkeypatch):
     would otherwise fail loudly, its parent gone) and the interruption goes on up."""
     import multiprocessing
 
-    from phased_lstm_experiments import runner
+    from phased_lstm_experiments import pool
 
     real = multiprocessing.get_context("spawn")
     started = []
@@ -526,9 +526,9 @@ def test_pool_interrupted_while_starting_ends_the_started_workers(monkeypatch):
             started.append(process)
             return process
 
-    monkeypatch.setattr(runner.multiprocessing, "get_context", lambda method: Context())
+    monkeypatch.setattr(pool.multiprocessing, "get_context", lambda method: Context())
     with pytest.raises(KeyboardInterrupt):
-        runner._WorkerPool(2, {}, "unused", resume=False)
+        pool._WorkerPool(2, {}, "unused", resume=False)
     assert len(started) == 1
     started[0].join(timeout=10)
     assert not started[0].is_alive() and started[0].exitcode == -signal.SIGKILL

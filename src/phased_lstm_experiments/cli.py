@@ -298,7 +298,7 @@ def _print_estimate(config: ExperimentConfig, left: dict, results: dict):
     learning-rate sweep, unless ``results`` records it done); return the
     :class:`.estimate.Estimate`."""
     from .estimate import estimate_time
-    from .runner import sigterm_interrupts
+    from .interrupts import sigterm_interrupts
 
     started = time.perf_counter()
     with sigterm_interrupts():
@@ -359,18 +359,12 @@ def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     out = args.out or Path("runs") / f"{config.experiment}-{config.preset}"
 
     from .estimate import epochs_left, worth_estimating
-    from .files import Interrupted
+    from .files import ExperimentError, Interrupted
+    from .interrupts import sigterm_interrupts, stopping_signal
     from .lock import folder_lock
     from .report import write_report
     from .resume import check_checkpoints
-    from .runner import (
-        ExperimentError,
-        is_global_zero,
-        prepare_output,
-        run_experiment,
-        sigterm_interrupts,
-        stopping_signal,
-    )
+    from .runner import is_global_zero, prepare_output, run_experiment
 
     held = contextlib.ExitStack()
     try:

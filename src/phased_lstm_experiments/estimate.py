@@ -30,15 +30,11 @@ from lightning.pytorch.callbacks import Callback
 
 from .config import ExperimentConfig, TrainerOptions, is_finished, run_name
 from .files import ExperimentError
+from .interrupts import children_ignore_sigint
+from .pool import _watch_parent, worker_threads
+from .run import checkpoint_path, flush_denormals, quiet_lightning, train_run
 from .runner import (
-    _watch_parent,
-    checkpoint_path,
-    children_ignore_sigint,
-    flush_denormals,
-    quiet_lightning,
     run_order,
-    train_run,
-    worker_threads,
 )
 from .tasks import get_task
 
@@ -150,7 +146,7 @@ def time_side_by_side(
     mean over the processes), and the seconds a process takes to start (the slowest). Process
     k starts at the k-th pair, so that different models share the machine, as in the run.
 
-    An interruption (Ctrl-C, or SIGTERM under :func:`.runner.sigterm_interrupts`) kills the
+    An interruption (Ctrl-C, or SIGTERM under :func:`.interrupts.sigterm_interrupts`) kills the
     timing processes before it propagates; a process that fails raises ``ExperimentError``.
     """
     pairs = list(pairs)

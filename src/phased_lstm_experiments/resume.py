@@ -17,7 +17,7 @@ import torch
 
 from .config import ExperimentConfig, pending_runs, run_name
 from .files import ExperimentError
-from .runner import checkpoint_path
+from .run import checkpoint_path
 from .tasks import get_task
 
 BROKEN_SUFFIX = ".broken"
