@@ -464,7 +464,7 @@ def test_rate_targets_count_a_gain_as_less_loss_than_a_drop():
         }
     }
     config = preset_config("nmnist", "quick")
-    lines = "\n".join(nmnist._target_lines(config, results))
+    lines = "\n".join(nmnist.report._target_lines(config, results))
     assert "tested at rho = 0.4: missed (Phased LSTM +3.00 points; LSTM +1.00)" in lines
     assert "tested at rho = 1: met (Phased LSTM -2.00 points; LSTM -1.00)" in lines
     assert "after epoch 1: met" in lines
