@@ -4,10 +4,12 @@
 for the layer. :mod:`.events` reads and writes event recordings in the N-MNIST file format,
 :mod:`.nmnist` serves them as a torch Dataset and :mod:`.transforms` holds the event transforms
 and the collate that pads recordings for the layer. :mod:`.streams` merges sensors that tick at
-their own rates into one sequence.
+their own rates into one sequence. :func:`write_atomic` writes a file that no reader sees half
+written.
 """
 
 from .events import EVENT_DTYPE, SENSOR_SIZE, read_nmnist, write_nmnist
+from .files import write_atomic
 from .nmnist import NMNIST
 from .streams import merge_stream_batch, merge_streams
 from .synthetic import FREQUENCY_CONDITIONS, adding_task, frequency_task, two_frequency_task
@@ -47,5 +49,6 @@ __all__ = [
     "time_window",
     "to_frames",
     "two_frequency_task",
+    "write_atomic",
     "write_nmnist",
 ]
