@@ -1,5 +1,5 @@
-"""The ``phased-lstm`` console script: ``reproduce EXPERIMENT``, ``bench``, ``data NAME`` and
-``build-kernels``.
+"""The ``phased-lstm`` console script: ``reproduce EXPERIMENT`` (``freq``, ``freq2``, ``adding``,
+``nmnist`` or ``fusion``), ``bench``, ``data NAME`` and ``build-kernels``.
 
 ``phased-lstm reproduce freq`` runs the ``quick`` preset (about 20 minutes on a 2-core CPU);
 ``--preset paper`` is the paper's protocol and prints its estimated time first. Explicit options

@@ -2,7 +2,10 @@
 
 ``TASKS`` maps the name given to ``phased-lstm reproduce NAME`` to its task, in the order of the
 CLI's help. To add an experiment, write ``tasks/NAME.py`` with a ``Task`` subclass and its
-instance ``TASK`` (see :mod:`.base` for the interface), then list the module below.
+instance ``TASK`` (see :mod:`.base` for the interface; a larger experiment is a package,
+``tasks/NAME/``, as ``nmnist`` and ``fusion``), then list it below. The runner, the report and the
+CLI look tasks up here; the configuration (:mod:`..config`) never imports the registry: where it
+needs a task's answer, the caller hands it the task.
 """
 
 from __future__ import annotations

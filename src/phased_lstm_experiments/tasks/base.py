@@ -2,9 +2,10 @@
 
 The runner, the report, the training loop and the CLI know nothing about any experiment in
 particular: they ask the task of ``config.experiment`` (see :func:`get_task`) for its runs, its
-data, its models, its presets, its tables and figures. A new experiment is one module that
-defines a subclass of :class:`Task` (or of :class:`SyntheticTask`, for data drawn afresh from a
-generator) and one line in ``tasks/__init__.py`` that registers its instance.
+data, its models, its presets, its tables and figures. A new experiment is one module (or, for a
+larger one, a package read as data -> models -> task -> report, as ``nmnist`` and ``fusion``)
+that defines a subclass of :class:`Task` (or of :class:`SyntheticTask`, for data drawn afresh
+from a generator) and one line in ``tasks/__init__.py`` that registers its instance.
 
 Nothing here imports Lightning, so the report can be written without it. Configurations are
 ``ExperimentConfig`` objects (``phased_lstm_experiments.config``), which know no task: whoever
