@@ -47,7 +47,7 @@ def _collate_frames(batch: list[tuple[np.ndarray, int]]) -> tuple[Tensor, Tensor
 def describe_data(root: str | Path) -> str:
     """Which data ``root`` holds, for the CLI and results.md: N-MNIST-sim (by the marker its
     builder writes) or a folder read as N-MNIST."""
-    from ..nmnist_sim import MARKER, NAME
+    from ...nmnist_sim import MARKER, NAME
 
     root = Path(root)
     marker = root / MARKER

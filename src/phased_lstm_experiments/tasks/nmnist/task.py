@@ -158,7 +158,7 @@ class NMNISTTask(Task):
         examples per epoch and the test examples to what its splits hold."""
         root = config.options.get("data")
         if root is None:
-            from ..nmnist_sim import NMNISTSimError, ensure_nmnist_sim
+            from ...nmnist_sim import NMNISTSimError, ensure_nmnist_sim
 
             try:
                 root = str(ensure_nmnist_sim())
