@@ -23,11 +23,9 @@ from phased_lstm_experiments.tasks.fusion import (  # noqa: E402
     grid_batch,
     native_batch,
 )
-from tests.test_experiments import (  # noqa: E402
-    TINY,
-    _one_thread,  # noqa: E402,F401  (autouse fixture)
-    run_cli,
-)
+from tests.experiments.helpers import TINY, run_cli  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gaps(streams) -> np.ndarray:
@@ -326,6 +324,7 @@ def fusion_config():
     return config
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tmp_path):
     out = tmp_path / "fusion"
     run_cli(
