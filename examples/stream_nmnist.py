@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from phased_lstm.data import NMNIST, NUM_ADDRESSES, SubsampleEvents, collate_events
-from phased_lstm_experiments.config import ExperimentConfig, preset_config, run_name
+from phased_lstm_experiments.config import ExperimentConfig, run_name
+from phased_lstm_experiments.tasks import preset_config
 from phased_lstm_experiments.tasks.nmnist import TASK, TRAINING_RATES, EventSequenceModel
 
 CONDITION = "rate75"

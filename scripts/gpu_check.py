@@ -6,7 +6,7 @@ condenses the logs of a check into a short table.
     PYTHONPATH=src python scripts/gpu_check.py sweep
     PYTHONPATH=src python scripts/gpu_check.py summary OUT_DIR
 
-``parity`` is for a machine without pytest (tests/test_triton.py is the full check): outputs,
+``parity`` is for a machine without pytest (tests/lib/test_triton.py is the full check): outputs,
 final states and every input gradient of the op against the float64 reference loop, with
 grad_clip, batch_sizes, the packed layout, float32, float64 and bfloat16, and the layer end to
 end. ``--device cpu`` runs it in Triton's interpreter (set TRITON_INTERPRET=1) on small shapes.
@@ -413,7 +413,7 @@ def summary(out: str) -> int:
     for line in env.read_text(errors="replace").splitlines() if env.exists() else ["(no env)"]:
         print("env: " + line[:150])
     for title, log in (
-        ("(a) tests/test_triton.py on CUDA:", out_dir / "tests_triton.log"),
+        ("(a) tests/lib/test_triton.py on CUDA:", out_dir / "tests_triton.log"),
         ("    its large-shape tests:       ", out_dir / "tests_triton_shapes.log"),
         ("(a) other tests, CUDA cases:     ", out_dir / "tests_cuda.log"),
     ):

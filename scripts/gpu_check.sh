@@ -4,7 +4,7 @@
 # It runs, most important first, each part under `timeout` and all of them within a budget of
 # GPU_CHECK_BUDGET seconds (default 320; what is left when a part's turn comes caps it, and a part
 # with under 10 s left is skipped and says so):
-#   (a) the CUDA parity tests: tests/test_triton.py, then the CUDA cases of test_dtypes_devices.py,
+#   (a) the CUDA parity tests: tests/lib/test_triton.py, then the CUDA cases of test_dtypes_devices.py,
 #       test_backends.py and test_bench.py (pytest if it imports, else scripts/gpu_check.py parity);
 #   (b) phased-lstm bench --device cuda against cuDNN nn.LSTM at the targets' shapes, then the same
 #       with --tf32, then the other configs;
@@ -87,14 +87,14 @@ if "$PY" -c "import pytest" 2> /dev/null; then
     PYTEST=("$PY" -m pytest -q -p no:cacheprovider -o addopts= -rfEs)
     # Two processes, so that Triton compiles the kernels of the large-shape tests (H 110 and 300,
     # every mode) beside those of the others: compiling, not running, is most of this part.
-    part "(a) tests/test_triton.py on CUDA" 150 tests_triton.log bash -c '
+    part "(a) tests/lib/test_triton.py on CUDA" 150 tests_triton.log bash -c '
         "$@" -k "not gpu_shapes" & small=$!
         "$@" -k gpu_shapes > "$OUT/tests_triton_shapes.log" 2>&1
         large=$?
         echo "exit $large" >> "$OUT/tests_triton_shapes.log"
         wait $small
         small=$?
-        exit $((small || large))' part "${PYTEST[@]}" tests/test_triton.py
+        exit $((small || large))' part "${PYTEST[@]}" tests/lib/test_triton.py
 else
     part "(a) parity on CUDA (no pytest)" 150 tests_triton.log \
         "$PY" scripts/gpu_check.py parity --device cuda
@@ -111,7 +111,7 @@ part "(b) bench --tf32, targets" 50 bench_tf32.txt "${BENCH[@]}" --tf32 --config
 
 if [[ -n ${PYTEST[*]-} ]]; then
     part "(a) CUDA cases of the other tests" 60 tests_cuda.log "${PYTEST[@]}" \
-        tests/test_dtypes_devices.py tests/test_backends.py tests/test_bench.py -k cuda
+        tests/lib/test_dtypes_devices.py tests/lib/test_backends.py tests/experiments/test_bench.py -k cuda
 fi
 
 part "(c) sweep: skipping, time gate, plans" 75 sweep.txt "$PY" scripts/gpu_check.py sweep

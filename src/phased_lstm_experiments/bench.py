@@ -22,14 +22,7 @@ nn.LSTM reads the same input without the timestamps. Columns:
   held before the step (Linux: the VmHWM high-water mark, reset just before the step; elsewhere
   the growth of ru_maxrss). All of torch's CPU allocations are in it, nothing of Python's setup.
 
-The ``events-*`` configs time streaming instead: one event per call, B = 1, I = 40, models in
-eval mode under ``torch.inference_mode()``, r_on 0.05, periods in the units of the event times
-(the default range, e to e^3) and events about one unit apart, so that every gate opens and
-closes many times. PhasedLSTMCell is timed against nn.LSTMCell; a 2-layer PhasedLSTM called
-per event (``layer(x[j:j+1], t[j:j+1], hx)``) and its :class:`~phased_lstm.PhasedLSTMStream`
-against nn.LSTM called per event and two stacked nn.LSTMCells (the fastest way to stream an
-LSTM in PyTorch). The ratio is against the fastest baseline; run with ``--threads 1`` and
-``--threads 2``.
+The ``events-*`` configs time streaming instead, one event per call (:mod:`.bench_events`).
 
 The machine's other load shows in the numbers; run it on an otherwise idle machine.
 
@@ -45,14 +38,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import os
-import platform
-import re
-import resource
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -61,8 +48,18 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import phased_lstm
-from phased_lstm import PhasedLSTM, PhasedLSTMCell
+from phased_lstm import PhasedLSTM
 from phased_lstm.ops import available_backends
+
+from .bench_events import EventConfig, format_event_table, run_event_config
+from .bench_measure import (
+    _cpu_line,
+    _cuda_line,
+    _num,
+    _resolved_backends,
+    _time_interleaved,
+    peak_growth_mib,
+)
 
 PROG = "phased-lstm bench"
 
@@ -120,24 +117,6 @@ CONFIGS: dict[str, BenchConfig] = {
         BenchConfig("quick-eval", False, 1, 200, 3, 64),
     )
 }
-
-
-@dataclass(frozen=True)
-class EventConfig:
-    """One streaming shape: a cell (``num_layers`` 0) or a layer called once per event."""
-
-    name: str
-    num_layers: int
-    hidden_size: int
-    events: int
-    input_size: int = 40
-    r_on: float = 0.05
-    # The issue's targets: PhasedLSTM time / the fastest baseline's.
-    target: float | None = None
-
-    def describe(self) -> str:
-        model = "cell" if self.num_layers == 0 else f"{self.num_layers}-layer"
-        return f"{self.name}: {model} per event B=1 I={self.input_size} H={self.hidden_size}"
 
 
 EVENT_CONFIGS: dict[str, EventConfig] = {
@@ -218,38 +197,6 @@ class _Case:
         return model(pack_padded_sequence(x, lengths, enforce_sorted=False))[0].data
 
 
-def _median_ms(samples: list[float]) -> float:
-    return 1e3 * statistics.median(samples)
-
-
-def _seconds(step: Callable[[], None], device: str) -> float:
-    """Duration of one call of ``step``: wall clock on the CPU, CUDA events on a GPU (from the
-    stream reaching the first event to it reaching the second, launch gaps included)."""
-    if device == "cpu":
-        start = time.perf_counter()
-        step()
-        return time.perf_counter() - start
-    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    begin.record()
-    step()
-    end.record()
-    end.synchronize()
-    return begin.elapsed_time(end) / 1e3
-
-
-def _time_interleaved(
-    steps: dict[str, Callable[[], None]], warmup: int, repeats: int, device: str = "cpu"
-) -> dict[str, float]:
-    for _ in range(warmup):
-        for step in steps.values():
-            step()
-    samples: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            samples[name].append(_seconds(step, device))
-    return {name: _median_ms(s) for name, s in samples.items()}
-
-
 def _matmul_step(config: BenchConfig, device: str = "cpu") -> Callable[[], None]:
     """The matrix products of one PhasedLSTM training step, one by one, nothing else."""
     c = config
@@ -284,57 +231,6 @@ def _matmul_step(config: BenchConfig, device: str = "cpu") -> Callable[[], None]
         torch.mm(flat_gates.t(), x, out=grad_w_ih)
 
     return run
-
-
-# ------------------------------------------------------------------------------ peak memory
-def _rss_kib() -> tuple[int, int] | None:
-    """(current, peak) resident set size in KiB from /proc, or None off Linux."""
-    try:
-        with open("/proc/self/status") as status:
-            text = status.read()
-    except OSError:
-        return None
-    values = {}
-    for key in ("VmRSS", "VmHWM"):
-        match = re.search(rf"^{key}:\s+(\d+) kB", text, re.MULTILINE)
-        if match is None:
-            return None
-        values[key] = int(match.group(1))
-    return values["VmRSS"], values["VmHWM"]
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as clear:
-            clear.write("5")  # resets VmHWM to the current VmRSS
-        return True
-    except OSError:
-        return False
-
-
-def _maxrss_kib() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return usage / 1024 if sys.platform == "darwin" else float(usage)
-
-
-def peak_growth_mib(step: Callable[[], object]) -> float:
-    """How far ``step()`` raises this process's peak resident memory above what it holds
-    before, in MiB.
-
-    It resets the process's high-water mark (Linux), so run it in a process of its own (see
-    :func:`peak_mib_in_subprocess`); elsewhere it measures the growth of ``ru_maxrss``, which
-    only shows a step that goes beyond every earlier peak.
-    """
-    gc.collect()
-    if _reset_peak() and (rss := _rss_kib()) is not None:
-        before = rss[0]
-        step()
-        after = _rss_kib()[1]
-    else:
-        before = _maxrss_kib()
-        step()
-        after = _maxrss_kib()
-    return max(0.0, after - before) / 1024
 
 
 def measure_peak_mib(config: BenchConfig, model: str, backend: str) -> float:
@@ -380,138 +276,6 @@ def peak_mib_in_subprocess(config: BenchConfig, model: str, backend: str) -> flo
     return float(result.stdout.strip().splitlines()[-1])
 
 
-# ------------------------------------------------------------------------ event streaming
-EVENT_MODELS = ("plstm", "stream", "lstm", "lstm_cell", "cells")
-
-
-def _event_steps(config: EventConfig, seed: int = 0) -> tuple[dict[str, Callable[[], None]], float]:
-    """One callable per model that runs all of the config's events, one call per event, and
-    the share of neuron-events whose gate was open (update fraction)."""
-    c = config
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(c.events, 1, c.input_size, generator=gen)
-    gaps = torch.empty(c.events, 1, dtype=torch.float64).exponential_(1.0, generator=gen)
-    times = gaps.cumsum(0)
-    hidden = c.hidden_size
-    steps: dict[str, Callable[[], None]] = {}
-    if c.num_layers == 0:
-        cell = PhasedLSTMCell(c.input_size, hidden, r_on=c.r_on).eval()
-        lstm_cell = nn.LSTMCell(c.input_size, hidden).eval()
-
-        def plstm_cell() -> None:
-            h = c_ = torch.zeros(1, hidden)
-            for j in range(c.events):
-                h, c_ = cell(x[j], times[j], (h, c_))
-
-        def baseline_cell() -> None:
-            h = c_ = torch.zeros(1, hidden)
-            for j in range(c.events):
-                h, c_ = lstm_cell(x[j], (h, c_))
-
-        steps = {"plstm": plstm_cell, "lstm_cell": baseline_cell}
-        layer = PhasedLSTM(c.input_size, hidden, r_on=c.r_on)
-        layer.load_state_dict({f"{k}_l0": v for k, v in cell.state_dict().items()})
-    else:
-        layer = PhasedLSTM(c.input_size, hidden, c.num_layers, r_on=c.r_on).eval()
-        lstm = nn.LSTM(c.input_size, hidden, c.num_layers).eval()
-        cells = [nn.LSTMCell(c.input_size if n == 0 else hidden, hidden).eval() for n in range(2)]
-        zeros = torch.zeros(c.num_layers, 1, hidden)
-
-        def plstm_layer() -> None:
-            hx = (zeros, zeros)
-            for j in range(c.events):
-                _, hx = layer(x[j : j + 1], times[j : j + 1], hx)
-
-        def plstm_stream() -> None:
-            stream = layer.stream()
-            for j in range(c.events):
-                stream(x[j], times[j])
-
-        def lstm_layer() -> None:
-            hx = (zeros, zeros)
-            for j in range(c.events):
-                _, hx = lstm(x[j : j + 1], hx)
-
-        def two_cells() -> None:
-            states = [(zeros[0], zeros[0]), (zeros[0], zeros[0])]
-            for j in range(c.events):
-                inp = x[j]
-                for n, lstm_cell in enumerate(cells):
-                    states[n] = lstm_cell(inp, states[n])
-                    inp = states[n][0]
-
-        steps = {
-            "plstm": plstm_layer,
-            "stream": plstm_stream,
-            "lstm": lstm_layer,
-            "cells": two_cells,
-        }
-    return steps, layer.eval().update_fraction(times)
-
-
-@dataclass(frozen=True)
-class EventRow:
-    config: EventConfig
-    us: dict[str, float]  # microseconds per event, by model
-    update_fraction: float
-
-    def baseline(self) -> float:
-        return min(self.us[m] for m in ("lstm", "lstm_cell", "cells") if m in self.us)
-
-    def ratio(self, model: str = "plstm") -> float:
-        return self.us[model] / self.baseline()
-
-
-def run_event_config(config: EventConfig, *, warmup: int, repeats: int) -> EventRow:
-    steps, fraction = _event_steps(config)
-    with torch.inference_mode():
-        times = _time_interleaved(steps, warmup, repeats)
-    us = {name: 1e3 * ms / config.events for name, ms in times.items()}
-    return EventRow(config, us, fraction)
-
-
-def format_event_table(rows: list[EventRow]) -> str:
-    header = (
-        "| config | PhasedLSTM us/event | PhasedLSTMStream us/event | nn.LSTMCell us/event "
-        "| nn.LSTM us/event | 2 nn.LSTMCells us/event | ratio | stream ratio | target "
-        "| PhasedLSTM events/s | gates open |"
-    )
-    lines = [header, "|" + "---|" * (header.count("|") - 1)]
-    for row in rows:
-        us = row.us
-        stream_ratio = row.ratio("stream") if "stream" in us else None
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    row.config.describe(),
-                    _num(us.get("plstm")),
-                    _num(us.get("stream")),
-                    _num(us.get("lstm_cell")),
-                    _num(us.get("lstm")),
-                    _num(us.get("cells")),
-                    _num(row.ratio(), ".2f"),
-                    _num(stream_ratio, ".2f"),
-                    "-" if row.config.target is None else f"<= {row.config.target:g}",
-                    _num(1e6 / us["plstm"], ",.0f"),
-                    f"{row.update_fraction:.1%}",
-                ]
-            )
-            + " |"
-        )
-    for row in rows:
-        if row.config.num_layers == 2 and row.config.hidden_size == 110:
-            lines.append(
-                f"\nThroughput of a 2-layer H=110 stream: {1e6 / row.us['plstm']:,.0f} events/s "
-                f"calling the layer per event, {1e6 / row.us['stream']:,.0f} events/s with "
-                f"PhasedLSTMStream (nn.LSTM per event: {1e6 / row.us['lstm']:,.0f}, two "
-                f"nn.LSTMCells: {1e6 / row.us['cells']:,.0f})."
-            )
-    return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------- the table
 @dataclass(frozen=True)
 class BenchRow:
     config: BenchConfig
@@ -556,66 +320,6 @@ def run_config(
         peaks["plstm"],
         peaks["lstm"],
     )
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _resolved_backends(backend: str, device: str = "cpu") -> str:
-    if backend != "auto":
-        return backend
-    if device != "cpu":
-        from phased_lstm.ops import plan
-
-        def chosen(needs_grad: bool) -> str:
-            return plan(
-                "auto", device=device, dtype=torch.float32, needs_grad=needs_grad
-            ).backend.name
-
-        return f"auto -> {chosen(True)} (train), {chosen(False)} (eval)"
-    from phased_lstm.ops import build_kernels
-
-    try:
-        build_kernels()  # finds them built, or says why they cannot be
-    except RuntimeError as error:
-        return f"auto -> reference ({error})"
-    return "auto -> fused (train), sparse (eval)"
-
-
-def _cpu_line() -> str:
-    return (
-        f"CPU: {_cpu_name()} ({os.cpu_count()} logical cores), torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, float32\n"
-    )
-
-
-def _cuda_line() -> str:
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except Exception:  # reported, not needed: the reference runs without Triton
-        triton_version = "not installed"
-    precision = torch.get_float32_matmul_precision()
-    return (
-        f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__} "
-        f"(CUDA {torch.version.cuda}), triton {triton_version}, float32; "
-        f"float32 matmul precision {precision!r} (TF32 {'on' if precision != 'highest' else 'off'}"
-        f" for PhasedLSTM), cuDNN TF32 {'on' if torch.backends.cudnn.allow_tf32 else 'off'}\n"
-    )
-
-
-def _num(value: float | None, fmt: str = ".1f") -> str:
-    """A table cell: the number formatted, or "-" where there is none."""
-    return "-" if value is None else format(value, fmt)
 
 
 def format_table(rows: list[BenchRow]) -> str:

@@ -1,5 +1,5 @@
-"""The ``phased-lstm`` console script: ``reproduce EXPERIMENT``, ``bench``, ``data NAME`` and
-``build-kernels``.
+"""The ``phased-lstm`` console script: ``reproduce EXPERIMENT`` (``freq``, ``freq2``, ``adding``,
+``nmnist`` or ``fusion``), ``bench``, ``data NAME`` and ``build-kernels``.
 
 ``phased-lstm reproduce freq`` runs the ``quick`` preset (about 20 minutes on a 2-core CPU);
 ``--preset paper`` is the paper's protocol and prints its estimated time first. Explicit options
@@ -24,10 +24,9 @@ from .config import (
     TIME_GATE_ADAM_MODES,
     ExperimentConfig,
     TrainerOptions,
-    preset_config,
 )
 from .datasets import DATASET_BUILDERS
-from .tasks import TASKS
+from .tasks import TASKS, preset_config
 
 PROG = "phased-lstm"
 
@@ -299,7 +298,7 @@ def _print_estimate(config: ExperimentConfig, left: dict, results: dict):
     learning-rate sweep, unless ``results`` records it done); return the
     :class:`.estimate.Estimate`."""
     from .estimate import estimate_time
-    from .runner import sigterm_interrupts
+    from .interrupts import sigterm_interrupts
 
     started = time.perf_counter()
     with sigterm_interrupts():
@@ -360,18 +359,12 @@ def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     out = args.out or Path("runs") / f"{config.experiment}-{config.preset}"
 
     from .estimate import epochs_left, worth_estimating
-    from .files import Interrupted
+    from .files import ExperimentError, Interrupted
+    from .interrupts import sigterm_interrupts, stopping_signal
     from .lock import folder_lock
     from .report import write_report
     from .resume import check_checkpoints
-    from .runner import (
-        ExperimentError,
-        is_global_zero,
-        prepare_output,
-        run_experiment,
-        sigterm_interrupts,
-        stopping_signal,
-    )
+    from .runner import is_global_zero, prepare_output, run_experiment
 
     held = contextlib.ExitStack()
     try:
@@ -395,8 +388,9 @@ def reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                     file=sys.stderr,
                     flush=True,
                 )
+            runs = TASKS[config.experiment].runs(config)
             print(
-                f"{PROG}: {config.experiment}, preset {config.preset}: {len(config.runs())} runs "
+                f"{PROG}: {config.experiment}, preset {config.preset}: {len(runs)} runs "
                 f"({', '.join(config.models)} x {', '.join(config.conditions)} x seeds "
                 f"{', '.join(map(str, config.seeds))}), {config.epochs} epochs of "
                 f"{config.samples_per_epoch} examples -> {out}",

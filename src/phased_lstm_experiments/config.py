@@ -2,8 +2,9 @@
 
 A configuration is a plain dataclass that the CLI fills from a preset of the experiment's task
 (:mod:`.tasks`) and the options given explicitly; it is written to ``config.json`` in the output
-folder and checked on ``--resume``. What differs between experiments is asked of the task
-registry; nothing here names an experiment.
+folder and checked on ``--resume``. What differs between experiments is asked of the task, which
+the caller hands in (:mod:`.tasks` holds the registry); nothing here names an experiment or
+imports one.
 """
 
 from __future__ import annotations
@@ -11,14 +12,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .models import GATE_CLIP_MODELS, MODEL_NAMES, ModelSpec
-from .tasks import TASKS, get_task
-from .tasks.adding import ADDING_PERIOD_RANGES
+from .models import GATE_CLIP_MODELS
 
-EXPERIMENTS = tuple(TASKS)
-CONDITIONS = {name: task.conditions for name, task in TASKS.items()}
+if TYPE_CHECKING:
+    from .tasks.base import Task
+
 PRESETS = ("quick", "paper")
 # "gates": the gradient of the gate pre-activations is clipped inside the recurrence, as the
 # authors' Lasagne code did (models without such gates, CfC, clip their parameter gradients);
@@ -147,10 +147,6 @@ class ExperimentConfig:
         data["trainer"] = TrainerOptions(**data.get("trainer", {}))
         return cls(**data)
 
-    def runs(self) -> list[tuple[str, str, int]]:
-        """Every (model, condition, seed) of this experiment, in the order they are run."""
-        return get_task(self.experiment).runs(self)
-
     @property
     def validates(self) -> bool:
         """Whether the runs evaluate a validation split after every epoch (not the test sets)."""
@@ -164,30 +160,23 @@ class ExperimentConfig:
         """Training examples per epoch under ``condition``."""
         return self.condition_samples.get(condition, self.samples_per_epoch)
 
-    def evaluation_samples(self) -> int:
-        """Examples evaluated after every epoch (the validation split's or the test sets')."""
-        return get_task(self.experiment).evaluation_samples(self)
-
-    def run_cost(self, condition: str) -> float:
-        """A relative measure of the duration of one epoch under ``condition``."""
-        return get_task(self.experiment).run_cost(self, condition)
-
-    def protocol(self) -> dict[str, Any]:
-        """The values that runs in one folder must share (see ``PROTOCOL_FIELDS``)."""
+    def protocol(self, task: Task) -> dict[str, Any]:
+        """The values that runs in one folder must share (see ``PROTOCOL_FIELDS``); ``task`` is
+        this experiment's, whose options say themselves whether they are protocol."""
         data = self.to_dict()
         values = {name: data[name] for name in PROTOCOL_FIELDS}
-        for option in get_task(self.experiment).options:
+        for option in task.options:
             if option.protocol:
                 values[option.flag] = self.options.get(option.name)
         return values
 
 
-def protocol_of(data: dict) -> dict[str, Any]:
+def protocol_of(data: dict, task: Task | None) -> dict[str, Any]:
     """:meth:`ExperimentConfig.protocol` of a ``config.json`` as read from disk: fields that an
-    older version did not write read as what it did, other missing ones as ``None``."""
+    older version did not write read as what it did, other missing ones as ``None``. ``task``
+    is the experiment ``data`` names (``None`` for one this version does not know)."""
     data = {**_LEGACY_DEFAULTS, **data}
     values = {name: data.get(name) for name in PROTOCOL_FIELDS}
-    task = TASKS.get(data.get("experiment"))
     for option in task.options if task is not None else ():
         if option.protocol:
             values[option.flag] = data.get("options", {}).get(option.name)
@@ -206,15 +195,11 @@ def is_finished(config: ExperimentConfig, record: dict | None) -> bool:
     return record["epochs"] >= config.epochs or bool(record.get("stopped_early"))
 
 
-def pending_runs(config: ExperimentConfig, results: dict) -> list[tuple[str, str, int]]:
-    """The runs of ``config`` that ``results`` does not record as finished."""
+def pending_runs(task: Task, config: ExperimentConfig, results: dict) -> list[tuple[str, str, int]]:
+    """The runs of ``config`` (as its ``task`` lists them) that ``results`` does not record as
+    finished."""
     runs = results["runs"]
-    return [run for run in config.runs() if not is_finished(config, runs.get(run_name(*run)))]
-
-
-def model_spec(config: ExperimentConfig, model: str, condition: str) -> ModelSpec:
-    """What ``model`` needs to know about the task of ``config`` under ``condition``."""
-    return get_task(config.experiment).model_spec(config, model, condition)
+    return [run for run in task.runs(config) if not is_finished(config, runs.get(run_name(*run)))]
 
 
 def parameter_clip(config: ExperimentConfig, model: str) -> float | None:
@@ -225,24 +210,8 @@ def parameter_clip(config: ExperimentConfig, model: str) -> float | None:
     return config.gradient_clip
 
 
-def preset_config(experiment: str, preset: str) -> ExperimentConfig:
-    """The configuration of ``experiment`` under ``preset``, before explicit CLI options."""
-    task = get_task(experiment)
-    if preset not in task.presets:
-        raise ValueError(f"preset must be one of {', '.join(task.presets)}, got {preset!r}")
-    values = copy.deepcopy(task.presets[preset])
-    options = {option.name: option.default for option in task.options}
-    options.update(values.pop("options", {}))
-    values.setdefault("conditions", list(task.conditions))
-    return ExperimentConfig(experiment=experiment, preset=preset, options=options, **values)
-
-
 __all__ = [
-    "ADDING_PERIOD_RANGES",
-    "CONDITIONS",
-    "EXPERIMENTS",
     "GRADIENT_CLIP_MODES",
-    "MODEL_NAMES",
     "PRESETS",
     "PROTOCOL_FIELDS",
     "TEST_SETS_MODES",
@@ -250,10 +219,8 @@ __all__ = [
     "ExperimentConfig",
     "TrainerOptions",
     "is_finished",
-    "model_spec",
     "parameter_clip",
     "pending_runs",
-    "preset_config",
     "protocol_of",
     "run_name",
 ]

@@ -30,16 +30,13 @@ from lightning.pytorch.callbacks import Callback
 
 from .config import ExperimentConfig, TrainerOptions, is_finished, run_name
 from .files import ExperimentError
+from .interrupts import children_ignore_sigint
+from .pool import _watch_parent, worker_threads
+from .run import checkpoint_path, flush_denormals, quiet_lightning, train_run
 from .runner import (
-    _watch_parent,
-    checkpoint_path,
-    children_ignore_sigint,
-    flush_denormals,
-    quiet_lightning,
     run_order,
-    train_run,
-    worker_threads,
 )
+from .tasks import get_task
 
 Pair = tuple[str, str, int]  # (model, condition, seed): the run whose miniature is timed
 # Epochs of a miniature: the first one warms up, the last two give the steady state.
@@ -85,7 +82,7 @@ class RunTiming:
 
     def epoch_seconds(self, config: ExperimentConfig, condition: str) -> float:
         training = math.ceil(config.samples_for(condition) / config.batch_size)
-        test = math.ceil(config.evaluation_samples() / config.batch_size)
+        test = math.ceil(get_task(config.experiment).evaluation_samples(config) / config.batch_size)
         return training * self.training_batch + test * self.test_pass + self.epoch_rest
 
     def run_seconds(self, config: ExperimentConfig, condition: str, epochs: int) -> float:
@@ -149,7 +146,7 @@ def time_side_by_side(
     mean over the processes), and the seconds a process takes to start (the slowest). Process
     k starts at the k-th pair, so that different models share the machine, as in the run.
 
-    An interruption (Ctrl-C, or SIGTERM under :func:`.runner.sigterm_interrupts`) kills the
+    An interruption (Ctrl-C, or SIGTERM under :func:`.interrupts.sigterm_interrupts`) kills the
     timing processes before it propagates; a process that fails raises ``ExperimentError``.
     """
     pairs = list(pairs)
@@ -208,7 +205,7 @@ def epochs_left(config: ExperimentConfig, results: dict, out: Path | None) -> di
     records as finished, those after the last finished epoch of a run with a checkpoint in
     ``out`` (what ``--resume`` continues), all of them otherwise."""
     left = {}
-    for run in config.runs():
+    for run in get_task(config.experiment).runs(config):
         if is_finished(config, results.get("runs", {}).get(run_name(*run))):
             left[run] = 0
             continue
@@ -269,8 +266,8 @@ def estimate_time(
     the runner's order, after the time the timing processes took to start. Not counted: the
     report that the main process writes after every run (1-4 s with its figures)."""
     if left is None:
-        left = {run: config.epochs for run in config.runs()}
-    pending = [run for run in config.runs() if left.get(run, 0) > 0]
+        left = {run: config.epochs for run in get_task(config.experiment).runs(config)}
+    pending = [run for run in get_task(config.experiment).runs(config) if left.get(run, 0) > 0]
     if not pending:
         return Estimate(0.0, {}, 0)
     jobs = max(1, min(config.trainer.jobs, len(pending)))

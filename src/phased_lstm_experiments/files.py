@@ -1,16 +1,18 @@
-"""Files of an output folder: atomic writes, and the check that ``--out`` can be written at all.
+"""Files of an output folder: atomic writes (the library's writer, with the folder made first),
+and the check that ``--out`` can be written at all.
 
-Kept apart from the runner so that the report (and anything else that writes a file) needs
-neither Lightning nor torch.
+Kept apart from the runner so that the report (and anything else that writes a file) needs no
+Lightning.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from phased_lstm.data import write_atomic as _write_atomic
 
 
 class ExperimentError(Exception):
@@ -21,26 +23,11 @@ class Interrupted(ExperimentError):
     """The command was stopped (SIGTERM, Ctrl-C) and can be continued with ``--resume``."""
 
 
-def _file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def write_atomic(path: Path, text: str | bytes) -> None:
-    """Write a file so that a reader (or a crash) never sees it half written."""
+    """Write a file so that a reader (or a crash) never sees it half written, making its folder
+    first: the library's :func:`phased_lstm.data.write_atomic`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = text.encode() if isinstance(text, str) else text
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp creates the file private (0600); give it the mode of an ordinary new file.
-        os.fchmod(fd, _file_mode())
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _write_atomic(path, text)
 
 
 def write_json(path: Path, data: object) -> None:

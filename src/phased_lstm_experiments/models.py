@@ -109,7 +109,20 @@ class PhasedLSTMEncoder(nn.Module):
         return h_n[-1]
 
 
-class PeepholeLSTM(nn.Module):
+class _LSTMWeights(nn.Module):
+    """What the baseline LSTM layers share: the input and recurrent weights of the four gates,
+    stacked (i, f, g, o) as nn.LSTM stacks them, and the bound on the gate gradients (``None``:
+    none). Each layer adds its biases (and peepholes or batch norms) after them."""
+
+    def __init__(self, input_size: int, hidden_size: int, grad_clip: float | None):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.grad_clip = grad_clip
+        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
+
+
+class PeepholeLSTM(_LSTMWeights):
     """One LSTM layer with diagonal peepholes, as Lasagne's LSTMLayer that the authors ran.
 
     It is the Phased LSTM recurrence with the time gate open (``k = 1``) at every valid step and
@@ -123,11 +136,7 @@ class PeepholeLSTM(nn.Module):
         grad_clip: float | None = None,
         forget_bias: float = 0.0,
     ):
-        super().__init__()
-        self.hidden_size = hidden_size
-        self.grad_clip = grad_clip
-        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
+        super().__init__(input_size, hidden_size, grad_clip)
         self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size))
         self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size))
         self.weight_ch = nn.Parameter(torch.empty(3 * hidden_size))
@@ -280,7 +289,7 @@ class StepwiseBatchNorm(nn.Module):
         self.steps_seen[rows] += usable.squeeze(-1).long()
 
 
-class RecurrentBNLSTM(nn.Module):
+class RecurrentBNLSTM(_LSTMWeights):
     r"""The recurrent batch-normalised LSTM of Cooijmans et al. (2016), one layer.
 
     .. math::
@@ -301,11 +310,7 @@ class RecurrentBNLSTM(nn.Module):
         grad_clip: float | None = None,
         forget_bias: float = 0.0,
     ):
-        super().__init__()
-        self.hidden_size = hidden_size
-        self.grad_clip = grad_clip
-        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
+        super().__init__(input_size, hidden_size, grad_clip)
         self.bias = nn.Parameter(torch.empty(4 * hidden_size))
         self.norm_x = StepwiseBatchNorm(4 * hidden_size, max_steps, shift=False)
         self.norm_h = StepwiseBatchNorm(4 * hidden_size, max_steps, shift=False)

@@ -128,7 +128,7 @@ def _protocol_lines(
         f"- the paper's protocol: {task.paper_protocol} (docs/paper.md in the phased-lstm "
         "repository describes it)",
         f"- finished runs of the last command's selection: {_finished(selected, results)} of "
-        f"{len(selected.runs())}; runs recorded in this folder: {len(results['runs'])}",
+        f"{len(task.runs(selected))}; runs recorded in this folder: {len(results['runs'])}",
         "",
     ]
 
@@ -229,7 +229,8 @@ def _epoch_time_lines(config: ExperimentConfig, results: dict) -> list[str]:
 
 
 def _finished(config: ExperimentConfig, results: dict) -> int:
-    return len(config.runs()) - len(pending_runs(config, results))
+    task = get_task(config.experiment)
+    return len(task.runs(config)) - len(pending_runs(task, config, results))
 
 
 def _time_gate_adam_text(config: ExperimentConfig) -> str:

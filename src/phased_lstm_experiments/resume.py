@@ -17,7 +17,8 @@ import torch
 
 from .config import ExperimentConfig, pending_runs, run_name
 from .files import ExperimentError
-from .runner import checkpoint_path
+from .run import checkpoint_path
+from .tasks import get_task
 
 BROKEN_SUFFIX = ".broken"
 
@@ -57,7 +58,7 @@ def check_checkpoints(
     with ``restart_broken``, is renamed aside (``note`` says where) so that its run starts again.
     """
     broken = []
-    for run in pending_runs(config, results):
+    for run in pending_runs(get_task(config.experiment), config, results):
         path = checkpoint_path(out, run_name(*run))
         if path.exists() and (reason := _unreadable(path)) is not None:
             broken.append((run_name(*run), path, reason))

@@ -5,10 +5,12 @@ for the layer. :mod:`.events` reads and writes event recordings in the N-MNIST f
 :mod:`.nmnist` serves them as a torch Dataset and :mod:`.transforms` holds the event transforms
 and the collate that pads recordings for the layer. :mod:`.streams` merges sensors that tick at
 their own rates into one sequence; :mod:`.rates` thins a batch to random rates, for training
-that holds at any sampling rate.
+that holds at any sampling rate. :func:`write_atomic` writes a file that no reader sees half
+written.
 """
 
 from .events import EVENT_DTYPE, SENSOR_SIZE, read_nmnist, write_nmnist
+from .files import write_atomic
 from .nmnist import NMNIST
 from .rates import random_rate
 from .streams import merge_stream_batch, merge_streams
@@ -50,5 +52,6 @@ __all__ = [
     "time_window",
     "to_frames",
     "two_frequency_task",
+    "write_atomic",
     "write_nmnist",
 ]

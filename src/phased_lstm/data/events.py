@@ -14,10 +14,11 @@ byte 2, then bytes 3 and 4, big-endian) are ``t``.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from .files import write_atomic
 
 EVENT_DTYPE = np.dtype([("x", np.int64), ("y", np.int64), ("t", np.int64), ("p", np.int64)])
 SENSOR_SIZE = (34, 34, 2)  # (width, height, polarities), as tonic's NMNIST.sensor_size
@@ -119,7 +120,7 @@ def write_nmnist(path: str | os.PathLike, events: np.ndarray) -> None:
     record[:, 0], record[:, 1] = x, y
     record[:, 2] = (p << 7) | (t >> 16)
     record[:, 3], record[:, 4] = (t >> 8) & 0xFF, t & 0xFF
-    _write_bytes_atomic(Path(path), record.tobytes())
+    write_atomic(Path(path), record.tobytes())
 
 
 def _check_events(events: object, name: str = "events") -> np.ndarray:
@@ -167,22 +168,6 @@ def _describe(value: object) -> str:
     if isinstance(value, np.ndarray):
         return f"an array of dtype {value.dtype}"
     return type(value).__name__
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that no reader (and no crash) ever sees it half written."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp creates the file private (0600); give it the mode of an ordinary new file.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 __all__ = ["EVENT_DTYPE", "SENSOR_SIZE", "read_nmnist", "write_nmnist"]

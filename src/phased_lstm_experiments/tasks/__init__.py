@@ -2,11 +2,15 @@
 
 ``TASKS`` maps the name given to ``phased-lstm reproduce NAME`` to its task, in the order of the
 CLI's help. To add an experiment, write ``tasks/NAME.py`` with a ``Task`` subclass and its
-instance ``TASK`` (see :mod:`.base` for the interface), then list the module below.
+instance ``TASK`` (see :mod:`.base` for the interface; a larger experiment is a package,
+``tasks/NAME/``, as ``nmnist`` and ``fusion``), then list it below. The runner, the report and the
+CLI look tasks up here; the configuration (:mod:`..config`) never imports the registry: where it
+needs a task's answer, the caller hands it the task.
 """
 
 from __future__ import annotations
 
+from ..config import ExperimentConfig
 from . import adding, freq, freq2, fusion, nmnist
 from .base import FigureSpec, Run, SyntheticTask, Task, TaskOption, collate_trimmed
 
@@ -23,6 +27,11 @@ def get_task(name: str) -> Task:
         raise ValueError(f"experiment must be one of {', '.join(TASKS)}, got {name!r}") from None
 
 
+def preset_config(experiment: str, preset: str) -> ExperimentConfig:
+    """The configuration of ``experiment`` under ``preset``, before explicit CLI options."""
+    return get_task(experiment).preset_config(preset)
+
+
 __all__ = [
     "TASKS",
     "FigureSpec",
@@ -32,4 +41,5 @@ __all__ = [
     "TaskOption",
     "collate_trimmed",
     "get_task",
+    "preset_config",
 ]

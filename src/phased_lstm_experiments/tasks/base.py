@@ -2,18 +2,20 @@
 
 The runner, the report, the training loop and the CLI know nothing about any experiment in
 particular: they ask the task of ``config.experiment`` (see :func:`get_task`) for its runs, its
-data, its models, its presets, its tables and figures. A new experiment is one module that
-defines a subclass of :class:`Task` (or of :class:`SyntheticTask`, for data drawn afresh from a
-generator) and one line in ``tasks/__init__.py`` that registers its instance.
+data, its models, its presets, its tables and figures. A new experiment is one module (or, for a
+larger one, a package read as data -> models -> task -> report, as ``nmnist`` and ``fusion``)
+that defines a subclass of :class:`Task` (or of :class:`SyntheticTask`, for data drawn afresh
+from a generator) and one line in ``tasks/__init__.py`` that registers its instance.
 
 Nothing here imports Lightning, so the report can be written without it. Configurations are
-passed in as ``ExperimentConfig`` objects (``phased_lstm_experiments.config``), which this
-module reads but never imports at run time: the config module imports the registry.
+``ExperimentConfig`` objects (``phased_lstm_experiments.config``), which know no task: whoever
+needs a task's answer asks the task, handed to it or looked up in the registry.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,12 +26,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
+from ..config import ExperimentConfig
 from ..models import MODEL_NAMES, ModelSpec, build_model
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-    from ..config import ExperimentConfig
 
 Run = tuple[str, str, int]
 """One run: (model, condition, seed)."""
@@ -145,6 +146,17 @@ class Task:
     """Options of this experiment only."""
     paper_protocol: ClassVar[str] = ""
     """The paper's protocol in one sentence, for results.md."""
+
+    # --------------------------------------------------------------------------- presets
+    def preset_config(self, preset: str) -> ExperimentConfig:
+        """The configuration of this experiment under ``preset``, before explicit CLI options."""
+        if preset not in self.presets:
+            raise ValueError(f"preset must be one of {', '.join(self.presets)}, got {preset!r}")
+        values = copy.deepcopy(self.presets[preset])
+        options = {option.name: option.default for option in self.options}
+        options.update(values.pop("options", {}))
+        values.setdefault("conditions", list(self.conditions))
+        return ExperimentConfig(experiment=self.name, preset=preset, options=options, **values)
 
     # --------------------------------------------------------------------------- prepare
     def prepare(self, config: ExperimentConfig) -> ExperimentConfig:

@@ -10,6 +10,7 @@ import torch
 from phased_lstm_experiments import bench
 
 
+@pytest.mark.slow
 def test_quick_benchmark_prints_the_table(capsys):
     assert bench.main(["--quick", "--no-memory", "--repeats", "1", "--warmup", "0"]) == 0
     out = capsys.readouterr().out
@@ -34,6 +35,7 @@ def _peak_of(statement: str) -> float:
     return float(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
 def test_peak_memory_probe_measures_a_known_allocation():
     # 2**24 float32 values, written once: 64 MiB that must show, and not much more.
@@ -42,6 +44,7 @@ def test_peak_memory_probe_measures_a_known_allocation():
     assert _peak_of("torch.ones(16).sum()") < 8
 
 
+@pytest.mark.slow
 def test_peak_memory_of_a_step_in_a_subprocess():
     peak = bench.peak_mib_in_subprocess(bench.CONFIGS["quick-train"], "plstm", "auto")
     assert peak is not None and peak < 100

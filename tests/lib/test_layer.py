@@ -10,7 +10,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import phased_lstm.nn._base
 from phased_lstm import PhasedLSTM, PhasedLSTMCell
-from tests import paper_reference as ref
+from tests.lib import paper_reference as ref
 
 f64 = torch.float64
 
@@ -115,22 +115,12 @@ PAPER_CASES = {
 @pytest.mark.parametrize("case", PAPER_CASES, ids=list(PAPER_CASES))
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("dtype", [f64, torch.float32], ids=["f64", "f32"])
-def test_layer_matches_paper_equations(case, mode, dtype):
+def test_layer_matches_paper_equations(case, mode, dtype, busy_layer):
     num_layers, bidirectional, peepholes, offset = PAPER_CASES[case]
     torch.manual_seed(3)
-    # Short periods and a wide r_on: many gates open and close inside the sequence, and a
-    # leak large enough for its gradient to matter.
-    layer = PhasedLSTM(
-        2,
-        4,
-        num_layers,
-        bidirectional=bidirectional,
-        peepholes=peepholes,
-        r_on=0.3,
-        leak=0.05,
-        period_range=(2.0, 8.0),
-        learn_r_on=True,
-    ).to(dtype)
+    layer = busy_layer(
+        2, 4, num_layers, bidirectional=bidirectional, peepholes=peepholes, dtype=dtype
+    )
     layer.train(mode == "train")
     length, batch = 9, 3
     x = torch.randn(length, batch, 2, dtype=dtype)
@@ -143,19 +133,9 @@ def test_layer_matches_paper_equations(case, mode, dtype):
     paper_check(layer, x, times, lengths, h0=h0, c0=c0, tol=tol)
 
 
-def test_layer_gradcheck_float64():
+def test_layer_gradcheck_float64(busy_layer):
     torch.manual_seed(0)
-    layer = PhasedLSTM(
-        2,
-        3,
-        2,
-        bidirectional=True,
-        peepholes=True,
-        r_on=0.4,
-        leak=0.05,
-        period_range=(2.0, 6.0),
-        learn_r_on=True,
-    ).double()
+    layer = busy_layer(2, 3, 2, bidirectional=True, r_on=0.4, period_range=(2.0, 6.0))
     x = torch.randn(6, 2, 2, dtype=f64)
     times = irregular_times(6, 2, seed=2, scale=20.0)
     lengths = torch.tensor([6, 4])

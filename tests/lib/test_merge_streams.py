@@ -241,7 +241,7 @@ def test_batch_errors_name_the_sample(samples, error, message):
 
 
 def test_readme_example_runs_and_prints_what_it_says(capsys):
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = text[text.index("## Several sensors at their own rates") :]
     block = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
     exec(compile(block, "README sensor fusion example", "exec"), {})

@@ -12,6 +12,7 @@ from phased_lstm import PhasedLSTM, ops
 from phased_lstm.ops import recurrence, reference_recurrence
 from phased_lstm.ops._cpu import backend as fused
 from phased_lstm.ops._cpu import kernels
+from tests.lib.layers import make_busy_layer
 
 f32, f64 = torch.float32, torch.float64
 DTYPES = {"f32": f32, "f64": f64}
@@ -373,19 +374,15 @@ for _structure in itertools.product([1, 2], [False, True], [False, True], [False
 
 def make_layer(num_layers, bidirectional, peepholes, learn_r_on, dtype, seed=0):
     torch.manual_seed(seed)
-    # Short periods and a wide r_on: gates open and close many times within a short sequence,
-    # and a leak large enough for its gradient to matter.
-    return PhasedLSTM(
+    return make_busy_layer(
         3,
         6,
         num_layers,
         bidirectional=bidirectional,
         peepholes=peepholes,
-        r_on=0.3,
-        leak=0.05,
-        period_range=(2.0, 8.0),
         learn_r_on=learn_r_on,
-    ).to(dtype)
+        dtype=dtype,
+    )
 
 
 def layer_inputs(length, batch, dtype, seed=0):

@@ -30,7 +30,7 @@ from phased_lstm.data import (
     write_nmnist,
 )
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 
 # (x, y, p, t) and the five bytes that the format stores for it.
 HAND_EVENTS = [

@@ -13,7 +13,7 @@ import phased_lstm.nn.stream
 import phased_lstm.optim
 import phased_lstm.tuning
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.mark.parametrize(

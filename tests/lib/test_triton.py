@@ -53,6 +53,7 @@ TOL = {f32: 2e-5, f64: 1e-10}
 HALF_TOL = 3e-2
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CUDA, reason="with a GPU the tests run compiled, in this process")
 def test_interpreted_kernels_in_a_child_process():
     env = dict(os.environ, TRITON_INTERPRET="1")

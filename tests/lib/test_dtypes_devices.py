@@ -7,7 +7,7 @@ import torch
 from phased_lstm import PhasedLSTM, PhasedLSTMCell, time_gate
 from phased_lstm.ops import recurrence
 from phased_lstm.ops._cpu import kernels
-from tests import paper_reference as ref
+from tests.lib import paper_reference as ref
 
 f32, f64 = torch.float32, torch.float64
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -149,23 +149,9 @@ def test_device_mismatches_are_named():
 # --------------------------------------------------------------- every device available
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_layer_on_each_device_matches_the_paper_equations(device, mode):
+def test_layer_on_each_device_matches_the_paper_equations(device, mode, busy_layer):
     torch.manual_seed(3)
-    layer = (
-        PhasedLSTM(
-            2,
-            4,
-            2,
-            bidirectional=True,
-            peepholes=True,
-            r_on=0.3,
-            leak=0.05,
-            period_range=(2.0, 8.0),
-            learn_r_on=True,
-        )
-        .double()
-        .train(mode == "train")
-    )
+    layer = busy_layer(2, 4, 2, bidirectional=True).train(mode == "train")
     x = torch.randn(9, 3, 2, dtype=f64)
     times = (torch.rand(9, 3, dtype=f64) * 40 / 9).cumsum(0) + 1e6
     lengths = torch.tensor([9, 4, 6])

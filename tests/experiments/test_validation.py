@@ -13,14 +13,15 @@ pytest.importorskip("lightning")
 
 from phased_lstm_experiments.config import (  # noqa: E402
     ExperimentConfig,
-    preset_config,
     protocol_of,
 )
 from phased_lstm_experiments.runner import build_run  # noqa: E402
 from phased_lstm_experiments.sweep import choose_rates, sweep_learning_rates  # noqa: E402
-from phased_lstm_experiments.tasks import get_task  # noqa: E402
+from phased_lstm_experiments.tasks import get_task, preset_config  # noqa: E402
 from phased_lstm_experiments.training import TaskModule  # noqa: E402
-from tests.test_experiments import _one_thread, read_results, run_cli  # noqa: E402, F401
+from tests.experiments.helpers import read_results, run_cli  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FREQ = get_task("freq")
 # The frequency task, tiny, with a validation set, early stopping and the test at the end.
@@ -98,6 +99,7 @@ def accuracy_by_hand(network, dataset) -> float:
     return right / len(dataset)
 
 
+@pytest.mark.slow
 def test_validated_run_tests_its_best_weights_once_at_the_end(tmp_path, monkeypatch):
     monkeypatch.setitem(FREQ.presets, "validated", VALIDATED)
     calls = []
@@ -139,6 +141,7 @@ def test_validated_run_tests_its_best_weights_once_at_the_end(tmp_path, monkeypa
     assert "the test sets read once, after training" in markdown
 
 
+@pytest.mark.slow
 def test_early_stopping_ends_a_run_and_resume_trains_no_more(tmp_path, monkeypatch):
     # No validation accuracy can improve by 2 (200 points): every run stops after epoch 2.
     monkeypatch.setitem(
@@ -192,6 +195,7 @@ def test_a_recorded_sweep_is_not_run_again(tmp_path):
     assert swept.learning_rates == {"plstm": 3e-3} and swept.learning_rate_for("plstm") == 3e-3
 
 
+@pytest.mark.slow
 def test_sweep_then_runs_at_each_models_rate(tmp_path, monkeypatch):
     monkeypatch.setitem(
         FREQ.presets, "swept", dict(VALIDATED, epochs=1, lr_sweep=[1e-3, 1e-2], sweep_epochs=1)
@@ -227,10 +231,10 @@ def test_folders_written_before_validation_resume_with_the_same_protocol():
     for name in ("validation_share", "test_sets", "patience", "min_delta", "learning_rates",
                  "lr_sweep", "sweep_epochs"):  # fmt: skip
         del written[name]
-    assert protocol_of(written) == config.protocol()
+    assert protocol_of(written, FREQ) == config.protocol(FREQ)
     assert ExperimentConfig.from_dict(written) == config
     # A field that differs is still a different protocol.
-    assert protocol_of({**written, "patience": 5}) != config.protocol()
+    assert protocol_of({**written, "patience": 5}, FREQ) != config.protocol(FREQ)
 
 
 # N-MNIST-sim's validation split ---------------------------------------------------------------

@@ -11,7 +11,7 @@ import torch
 
 from phased_lstm import PhasedLSTM
 
-PATH = pathlib.Path(__file__).resolve().parents[1] / "examples" / "choose_periods.py"
+PATH = pathlib.Path(__file__).resolve().parents[2] / "examples" / "choose_periods.py"
 spec = importlib.util.spec_from_file_location("choose_periods", PATH)
 choose_periods = importlib.util.module_from_spec(spec)
 sys.modules["choose_periods"] = choose_periods  # dataclasses look their module up there
@@ -73,6 +73,7 @@ def test_series_are_read_from_ts_files_without_importing_sktime(tmp_path, monkey
     assert labels.tolist() == ["up", "down"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     choose_periods.sktime_data() is None,
     reason="needs the data sets that ship inside sktime (pip install --no-deps sktime)",

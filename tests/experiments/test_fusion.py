@@ -23,11 +23,9 @@ from phased_lstm_experiments.tasks.fusion import (  # noqa: E402
     grid_batch,
     native_batch,
 )
-from tests.test_experiments import (  # noqa: E402
-    TINY,
-    _one_thread,  # noqa: E402,F401  (autouse fixture)
-    run_cli,
-)
+from tests.experiments.helpers import TINY, run_cli  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gaps(streams) -> np.ndarray:
@@ -319,13 +317,14 @@ def test_table_cells_and_claims_from_hand_written_results():
 
 
 def fusion_config():
-    from phased_lstm_experiments.config import preset_config
+    from phased_lstm_experiments.tasks import preset_config
 
     config = preset_config("fusion", "quick")
     config.samples_per_epoch, config.test_samples = 32, 32
     return config
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tmp_path):
     out = tmp_path / "fusion"
     run_cli(
