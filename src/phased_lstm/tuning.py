@@ -29,8 +29,7 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from . import _checks
 from .nn._steps import (
-    batch_first_hint,
-    raise_time_goes_back,
+    check_time_values,
     step_gaps,
     time_major,
     valid_mask,
@@ -89,12 +88,9 @@ def time_scales(
     """
     t, mask = _time_major(times, lengths, batch_first)
     t = torch.where(mask, t, torch.zeros((), dtype=t.dtype))
-    _checks.check_finite_times(t)
-    gaps = step_gaps(t, mask)
-    if bool((gaps < 0).any()):
-        layout = batch_first if bool(mask.all()) and not isinstance(times, PackedSequence) else None
-        hint = "" if layout is None else batch_first_hint(t, layout)
-        raise_time_goes_back(t, gaps, hint=hint)
+    # The layer's own check (finite, never going back); the layout hint for times read alone.
+    layout = batch_first if bool(mask.all()) and not isinstance(times, PackedSequence) else None
+    check_time_values(t, step_gaps(t, mask), "times", None, batch_first=layout)
     events = mask.sum(0)
     first = torch.where(mask, t, torch.full((), torch.inf, dtype=t.dtype)).amin(0)
     last = torch.where(mask, t, torch.full((), -torch.inf, dtype=t.dtype)).amax(0)
