@@ -210,9 +210,10 @@ def check_time_values(
     if not times.is_floating_point():  # integer timestamps: exact as float64 up to 2**53
         times, gaps = times.double(), gaps.double()
     coarse = times.dtype in COARSE_DTYPES
-    positive = gaps.abs()
-    positive = positive.masked_fill(positive == 0, math.inf)
-    smallest = positive.min() if positive.numel() else times.new_tensor(math.inf)
+    smallest = times.new_tensor(math.inf)
+    if coarse and gaps.numel():  # the smallest gap matters to the resolution warning only
+        positive = gaps.abs()
+        smallest = positive.masked_fill(positive == 0, math.inf).min()
     lowest = gaps.min() if gaps.numel() else times.new_zeros(())
     finite, magnitude, gap, back = torch.stack(
         [
