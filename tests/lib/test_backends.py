@@ -139,6 +139,23 @@ def test_explicit_backend_on_a_device_it_does_not_run_says_so():
         backends.plan("fused", device="meta", dtype=f64, needs_grad=True)
 
 
+def test_a_device_bound_backend_takes_the_tensors_of_one_device_only(registry):
+    # Two GPUs are one device type: the planner still refuses a kernel tensors it cannot read.
+    backends.register_backend(
+        backends.Backend("one_gpu", reference_recurrence, devices=("cuda",), priority=99)
+    )
+    two = backends.Call("cuda", torch.float32, False, devices_seen=("cuda:0", "cuda:1"))
+    with pytest.raises(
+        RuntimeError,
+        match=r"backend='one_gpu' cannot run these inputs: they take tensors on one device, "
+        r"got cuda:0, cuda:1",
+    ):
+        backends._require("one_gpu", two)
+    assert backends._best(two).name == "reference"
+    one = backends.Call("cuda", torch.float32, False, devices_seen=("cuda:1",))
+    assert backends._require("one_gpu", one).name == "one_gpu"
+
+
 def test_layer_backend_and_grad_clip_are_validated_when_assigned():
     layer = PhasedLSTM(2, 3)
     with pytest.raises(ValueError, match=r"backend must be one of \['auto', 'reference'"):

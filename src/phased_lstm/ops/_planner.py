@@ -57,7 +57,8 @@ class Backend:
         name: the string users pass as ``backend=``.
         recurrence: a function with the signature of :func:`phased_lstm.ops.recurrence`
             (without ``backend``); ``grad_clip`` arrives as ``math.inf`` when unset.
-        devices: device types it runs on (``("cpu",)``); ``None`` for any.
+        devices: device types it runs on (``("cpu",)``), the tensors of a call all on one
+            device; ``None`` for any.
         dtypes: dtypes it computes in; ``None`` for any. All tensors of a call share one.
         gradients: whether it computes gradients; a backend without them is chosen by
             ``"auto"`` only when no gradient is needed.
@@ -190,11 +191,14 @@ def _dtype_words(dtypes: tuple[torch.dtype, ...]) -> str:
 
 
 def _unsupported(backend: Backend, call: Call) -> str | None:
-    """Why ``backend`` cannot run ``call`` (device, dtype, layout), or ``None`` if it can."""
+    """Why ``backend`` cannot run ``call`` (device, dtype, layout), or ``None`` if it can. A
+    backend bound to device types runs the tensors of one device (a kernel reads them all)."""
     if backend.devices is not None and call.device not in backend.devices:
         where = " or ".join(_DEVICE_WORDS.get(d, f"{d} devices") for d in backend.devices)
         got = ", ".join(call.devices_seen) or str(call.device)
         return f"they run on {where}, got a tensor on {got}"
+    if backend.devices is not None and len(call.devices_seen) > 1:
+        return f"they take tensors on one device, got {', '.join(call.devices_seen)}"
     if backend.dtypes is not None and call.dtype not in backend.dtypes:
         got = ", ".join(call.dtypes_seen) or str(call.dtype)
         return f"they take {_dtype_words(backend.dtypes)} tensors of one dtype, got {got}"
