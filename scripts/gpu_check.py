@@ -11,7 +11,7 @@ final states and every input gradient of the op against the float64 reference lo
 grad_clip, batch_sizes, the packed layout, float32, float64 and bfloat16, and the layer end to
 end. ``--device cpu`` runs it in Triton's interpreter (set TRITON_INTERPRET=1) on small shapes.
 
-The sweep times the op itself (``ops._triton.recurrence.recurrence``: no input projection,
+The sweep times the op itself (``ops._triton.library.recurrence``: no input projection,
 no time gate) at the benchmark's shapes for each plan: a training step (forward and backward of
 ``h.sum()``) and an inference forward, in milliseconds (median of CUDA-event timings). Each
 plan's output and input gradient on the first steps are compared with the float64 reference
@@ -135,7 +135,7 @@ def sweep_plans(rnn) -> tuple[list, list]:
 
     def plan_of(hidden: int, label: str):
         torch.set_float32_matmul_precision(PRECISIONS[label])
-        return rnn._plan(32, hidden, torch.float32)
+        return rnn.launch.default_plan(32, hidden, torch.float32)
 
     first, second = [], []
     for hidden in (110, 512):
@@ -173,7 +173,7 @@ def sweep_plans(rnn) -> tuple[list, list]:
 def sweep() -> int:
     from phased_lstm.ops._triton import backend as triton_backend
 
-    rnn, _ = triton_backend._kernels()
+    rnn = triton_backend._kernels()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
     shapes = {110: _Shape("B32 T1000", 1000, 32, 110), 512: _Shape("B32 T500", 500, 32, 512)}
 
@@ -202,7 +202,7 @@ def sweep() -> int:
 def _skip_closed(rnn) -> None:
     """What skipping closed blocks saves at inference: eval-mode k against k = 1 (same kernel)."""
     for batch, hidden, length in ((32, 110, 1000), (1, 512, 2000)):
-        plan = rnn._plan(batch, min(hidden, 256), torch.float32)
+        plan = rnn.launch.default_plan(batch, min(hidden, 256), torch.float32)
         times = {}
         for gate in ("eval", "open"):
             inputs = [None if t is None else t.float() for t in _inputs(length, batch, hidden,

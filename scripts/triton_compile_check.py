@@ -11,7 +11,7 @@ memory that cuobjdump (shipped with Triton) reads from the cubin, and whether th
 the tensor cores (mma/wgmma) or FMAs, and the barriers in its code. Nothing runs: the outputs
 are garbage.
 
-This is how the tile sizes of ``ops._triton.recurrence._plan`` were checked under Triton 3.6
+This is how the tile sizes of ``ops._triton.launch.default_plan`` were checked under Triton 3.6
 and 3.9: a kernel must stay within 255 registers per thread, and a stack above a few bytes means
 spills.
 """
@@ -99,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         return launch
 
     JITFunction.__getitem__ = launch_compiles_only
+    # The host launch code itself, not the ops: these are CPU tensors, for which the ops (CUDA
+    # kernels, outside the interpreter) are not registered.
     from phased_lstm.ops._triton import gate as triton_gate
-    from phased_lstm.ops._triton import recurrence as triton_rnn
+    from phased_lstm.ops._triton import launch
 
     print(f"triton {triton.__version__}, sm_{args.arch}")
     cases = [
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     for hidden in (int(h) for h in args.hidden.split(",")):
         for name, dtype, precision in cases:
             torch.set_float32_matmul_precision(precision)
-            plan = triton_rnn._plan(batch, hidden, dtype)
+            plan = launch.default_plan(batch, hidden, dtype)
             mode = "stepwise" if plan.stepwise else f"BN{plan.block_rows} BK{plan.block_k}"
             for peepholes in (False, True):
                 context["case"] = f"H={hidden} {name} {mode}{' peep' if peepholes else ''}"
@@ -125,18 +127,20 @@ def main(argv: list[str] | None = None) -> int:
                     torch.zeros(batch, hidden, dtype=dtype),
                     torch.zeros(batch, hidden, dtype=dtype),
                 ]
-                with torch.no_grad():
-                    triton_rnn.recurrence(*inputs)
-                inputs = [None if t is None else t.requires_grad_() for t in inputs]
-                h, _, c_n = triton_rnn.recurrence(*inputs, 1.0, torch.tensor([batch] * length))
-                (h.float().sum() + c_n.float().sum()).backward()
+                launch.forward(*inputs, None, plan, save=False)
+                batch_sizes = torch.tensor([batch] * length)
+                h, c, acts = launch.forward(*inputs, batch_sizes, plan, save=True)
+                grads = (torch.ones_like(h), torch.ones_like(h[0]), torch.ones_like(h[0]))
+                launch.backward(
+                    *grads, *inputs[1:], h, c, acts, 1.0, batch_sizes, plan, weight_hh_grad=True
+                )
     torch.set_float32_matmul_precision("highest")
     for dtype in (torch.float32, torch.bfloat16):
         context["case"] = f"time gate {str(dtype)[6:]}"
-        period = torch.rand(110, dtype=torch.float64).add(1).requires_grad_()
+        period = torch.rand(110, dtype=torch.float64).add(1)
         times = torch.rand(8, 4, dtype=torch.float64)
-        k = triton_gate.sequence_gate(times, period, period, period, 1e-3, None, dtype)
-        k.float().sum().backward()
+        k = triton_gate.forward(times, period, period, period, 1e-3, None, dtype)
+        triton_gate.backward(torch.ones_like(k), times, period, period, period, 1e-3, None)
     return 0
 
 

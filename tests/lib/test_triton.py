@@ -1,15 +1,11 @@
 """The "triton" backend against the reference loop: outputs, final states and every gradient, for
 the op and through the layer; its time gate; and the errors when it cannot run.
 
-With CUDA the kernels run compiled on the GPU. Without, they run in Triton's CPU interpreter, on
-tiny shapes (it executes each block operation in Python). Triton must see TRITON_INTERPRET=1
-before it is first imported, and other test modules import it (through Lightning) when they are
-collected, so without a GPU this file runs itself again in a child process with that variable
-set: the tests here are then reported by that one test, and nothing else sees the variable. Test
-ids carry the device, so ``-k cuda`` selects the GPU runs.
+Without a GPU this file runs itself again in a child process that interprets the kernels (see
+:mod:`tests.lib.triton_support`); test ids carry the device, so ``-k cuda`` selects the GPU runs.
 """
 
-import os
+import dataclasses
 import subprocess
 import sys
 
@@ -20,57 +16,33 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from phased_lstm import PhasedLSTM
 from phased_lstm.functional import time_gate
 from phased_lstm.ops import _resolve, recurrence, reference_recurrence, sequence_gate
-from phased_lstm.ops._planner import get_backend
+from phased_lstm.ops._planner import _REGISTRY, get_backend
 from phased_lstm.ops._triton import backend as triton_backend
+from tests.lib.triton_support import (
+    CUDA,
+    HALF_TOL,
+    INTERPRETING,
+    TOL,
+    assert_near,
+    bf16,
+    f32,
+    f64,
+    on_device,
+    op_inputs,
+    run_interpreted,
+    run_op,
+)
 
 pytest.importorskip("triton", reason="the triton backend needs Triton (pip install '.[gpu]')")
 
-f32, f64, bf16 = torch.float32, torch.float64, torch.bfloat16
-CUDA = torch.cuda.is_available()
-INTERPRETING = not CUDA and triton_backend.interpreted()
-# Empty without a GPU outside the child process, which runs these tests instead.
-DEVICES = ["cuda"] if CUDA else (["cpu"] if INTERPRETING else [])
-
-
-def on_device(test):
-    """Parametrise ``test`` over DEVICES. Without any (the parent process on a machine without
-    a GPU) the test is not collected at all, rather than reported as an empty skip: its child
-    process runs it."""
-    if not DEVICES:
-        test.__test__ = False  # pytest's switch to leave a function out of collection
-        return test
-    return pytest.mark.parametrize("device", DEVICES, ids=DEVICES)(test)
-
-
 # What the interpreter cannot run: real skips, with their reason, wherever there is no GPU.
 cuda_only = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (GPU-sized shapes, TF32)")
-# Relative to the largest magnitude of the expected tensor: the kernels compute the same
-# expressions in another order, float32 exp/tanh to a few ulp.
-TOL = {f32: 2e-5, f64: 1e-10}
-# bfloat16 inputs against a float32 reference on the same (rounded) values: the kernel rounds h
-# and dgates to bfloat16 as operands of the recurrent products (8 bits of mantissa) and returns
-# h, gradients in bfloat16; over a few steps that stays within 3% of the largest value.
-HALF_TOL = 3e-2
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(CUDA, reason="with a GPU the tests run compiled, in this process")
 def test_interpreted_kernels_in_a_child_process():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    command = [
-        sys.executable,
-        "-m",
-        "pytest",
-        __file__,
-        "-o",
-        "addopts=-q",
-        "-p",
-        "no:cacheprovider",
-    ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
-    assert result.returncode == 0 and " passed" in summary, result.stdout[-6000:] + result.stderr
-    print(summary)
+    run_interpreted(__file__)
 
 
 test_interpreted_kernels_in_a_child_process.__test__ = not INTERPRETING  # the child itself
@@ -78,64 +50,23 @@ test_interpreted_kernels_in_a_child_process.__test__ = not INTERPRETING  # the c
 
 @pytest.fixture(scope="module")
 def kernels():
-    """The kernel modules (recurrence, gate): compiled on a GPU, else interpreted."""
-    loaded = triton_backend._kernels()
-    assert loaded[0].INTERPRETED == (not CUDA)
-    return loaded
-
-
-def assert_near(got, want, tol, what):
-    got, want = got.detach().to(f64), want.detach().to(f64)
-    scale = max(1.0, float(want.abs().max())) if want.numel() else 1.0
-    torch.testing.assert_close(got, want, rtol=tol, atol=tol * scale, msg=what)
-
-
-def op_inputs(length, batch, hidden, dtype, device, *, peepholes, gate="train", seed=0):
-    """Inputs of ops.recurrence, all requiring grad; `gate` picks what k looks like."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def randn(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=gen, dtype=f64) * scale).to(device, dtype)
-
-    k = torch.rand(length, batch, hidden, generator=gen, dtype=f64)
-    if gate == "sparse":  # eval mode: most gates exactly closed, whole steps too
-        k = torch.where(torch.rand(k.shape, generator=gen) < 0.7, 0.0, k)
-        k[length // 2] = 0
-    inputs = {
-        "gates_x": randn(length, batch, 4 * hidden),
-        "k": k.to(device, dtype),
-        "weight_hh": randn(4 * hidden, hidden, scale=hidden**-0.5),
-        "weight_ch": randn(3 * hidden, scale=0.5) if peepholes else None,
-        "h0": randn(batch, hidden, scale=0.5),
-        "c0": randn(batch, hidden),
-    }
-    return {n: None if t is None else t.requires_grad_() for n, t in inputs.items()}
-
-
-def run_op(backend, inputs, **options):
-    """Outputs of the op and the gradients of every input for a random linear loss."""
-    h, h_n, c_n = recurrence(*inputs.values(), backend=backend, **options)
-    gen = torch.Generator().manual_seed(1)
-    weights = [torch.randn(t.shape, generator=gen).to(t.device, t.dtype) for t in (h, h_n, c_n)]
-    loss = sum((t * w).sum() for t, w in zip((h, h_n, c_n), weights, strict=True))
-    names = [n for n, t in inputs.items() if t is not None]
-    grads = torch.autograd.grad(loss, [inputs[n] for n in names])
-    return {"h": h, "h_n": h_n, "c_n": c_n} | {
-        f"grad {n}": g for n, g in zip(names, grads, strict=True)
-    }
+    """The kernels' torch.library module: compiled on a GPU, else interpreted."""
+    library = triton_backend._kernels()
+    assert library.INTERPRETED == (not CUDA)
+    return library
 
 
 def with_plan(kernels, plan):
-    """A context in which the kernels use ``plan`` instead of their default."""
-    rnn = kernels[0]
-    original = rnn._plan
+    """A context in which the ops use ``plan`` instead of their default."""
+    launch = kernels.launch
+    original = launch.default_plan
 
     class _Use:
         def __enter__(self):
-            rnn._plan = lambda *args: plan
+            launch.default_plan = lambda *args: plan
 
         def __exit__(self, *exc):
-            rnn._plan = original
+            launch.default_plan = original
 
     return _Use()
 
@@ -197,7 +128,7 @@ def test_packed_layout_matches_the_reference(dtype, device):
 
 def _plans(kernels):
     """Each way of running the loops, with tiles that make several programs and blocks."""
-    plan = kernels[0]._Plan
+    plan = kernels.launch.LaunchPlan
     tile = 16 if CUDA else 8  # a GPU's tl.dot needs a reduction tile of 16
     return {
         "persistent-dot": plan(False, 2, tile, tile, True, num_stages=2),
@@ -372,14 +303,21 @@ def test_auto_takes_triton_for_cuda_tensors_only(device):
 
 @on_device
 def test_explicit_triton_says_how_to_fix_what_it_cannot_run(monkeypatch, device):
+    # The planner alone decides, for ops.recurrence and for a direct call of the backend.
     inputs = op_inputs(2, 2, 3, f32, device, peepholes=False)
     mixed = dict(inputs, k=inputs["k"].detach().double())
-    with pytest.raises(RuntimeError, match="float16 tensors of one dtype, got torch.float32"):
-        recurrence(*mixed.values(), backend="triton")
+    for run in (
+        lambda tensors: recurrence(*tensors, backend="triton"),
+        lambda tensors: triton_backend.triton_recurrence(*tensors),
+    ):
+        with pytest.raises(RuntimeError, match="float16 tensors of one dtype, got torch.float32"):
+            run(mixed.values())
+    # A process that does not interpret the kernels takes CUDA tensors only.
     cpu = op_inputs(2, 2, 3, f32, "cpu", peepholes=False)
-    monkeypatch.setattr(triton_backend, "interpreted", lambda: False)
-    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
-        recurrence(*cpu.values(), backend="triton")
+    cuda_only_backend = dataclasses.replace(triton_backend.TRITON, devices=("cuda",))
+    monkeypatch.setitem(_REGISTRY, "triton", cuda_only_backend)
+    with pytest.raises(RuntimeError, match="CUDA devices, got a tensor on cpu.*TRITON_INTERPRET"):
+        triton_backend.triton_recurrence(*cpu.values())
     monkeypatch.setattr(triton_backend, "import_error", lambda: "ModuleNotFoundError: triton")
     with pytest.raises(RuntimeError, match=r"pip install 'phased-lstm\[gpu\]'"):
         recurrence(*cpu.values(), backend="triton")

@@ -1,28 +1,30 @@
 """The ``"triton"`` backend's entry points: what it runs, why it cannot, and its lazy loading.
 
 Triton is optional (``pip install 'phased-lstm[gpu]'``) and imported on the first call that needs
-it, never by ``import phased_lstm``. The kernels (:mod:`.recurrence`, :mod:`.gate`) are
-loaded together on first use, and Triton fixes at that moment, once per process, whether they are
-compiled for the GPU or run by its CPU interpreter (environment variable ``TRITON_INTERPRET=1``,
-which must be set before Triton is first imported: slow, for testing without a GPU).
+it, never by ``import phased_lstm``. The kernels are loaded together on first use, with the
+torch.library ops that wrap them (:mod:`.library`; the kernels in :mod:`.loops`, :mod:`.cell` and
+:mod:`.gate`, their launches in :mod:`.launch`), and Triton fixes at that moment, once per process,
+whether they are compiled for the GPU or run by its CPU interpreter (environment variable
+``TRITON_INTERPRET=1``, which must be set before Triton is first imported: slow, for testing
+without a GPU).
 
 :data:`TRITON` declares the backend (its recurrence, its gate, :data:`DEVICES`, :data:`DTYPES`,
 :func:`unavailable` and :data:`FIX`); :mod:`phased_lstm.ops` registers it, and ``backend="auto"``
 takes it for CUDA tensors when Triton imports and the GPU has compute capability 8.0 or newer.
+The planner alone decides whether it runs a call; its functions ask it again only when called
+directly, as the CPU backends' do.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
-import sys
-import threading
+from types import ModuleType
 
 import torch
 from torch import Tensor
 
-from .._planner import Backend
+from .._planner import Backend, plan
 from ..reference import reference_recurrence
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -33,69 +35,50 @@ FIX = (
     "in a new process before it first imports Triton"
 )
 
-_lock = threading.Lock()
 _import_error: str | None = None
 _imported = False
+_library: ModuleType | None = None
 
 
 def import_error() -> str | None:
-    """``None`` when Triton imports (tried once), else why it does not."""
+    """``None`` when Triton imports (tried once), else why it does not.
+
+    No lock: two threads trying at once import the same module and store the same answer. Plain
+    code, so that torch.compile traces it when a compiled function makes the first call."""
     global _import_error, _imported
-    with _lock:
-        if not _imported:
-            try:
-                import triton  # noqa: F401
-            except Exception as exc:  # any failure just means: no Triton backend
-                _import_error = f"{type(exc).__name__}: {exc}"
-            _imported = True
+    if not _imported:
+        try:
+            import triton  # noqa: F401
+        except Exception as exc:  # any failure just means: no Triton backend
+            _import_error = f"{type(exc).__name__}: {exc}"
+        _imported = True
     return _import_error
-
-
-def _loaded_kernels():
-    return sys.modules.get(f"{__package__}.recurrence")
 
 
 def interpreted() -> bool:
     """Whether the kernels run in Triton's CPU interpreter: as loaded, or, before they are
     loaded, as the environment says they would be."""
-    kernels = _loaded_kernels()
-    if kernels is not None:
-        return kernels.INTERPRETED
+    if _library is not None:
+        return _library.INTERPRETED
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on", "y")
 
 
-def _kernels():
-    """The recurrence and gate kernel modules, loaded together so that both are compiled or
-    both interpreted."""
-    error = import_error()
-    if error is not None:
-        raise RuntimeError(
-            f"backend='triton' needs Triton, which could not be imported ({error}); to fix it, "
-            f"{FIX}"
-        )
-    gate = importlib.import_module(f"{__package__}.gate")
-    return importlib.import_module(f"{__package__}.recurrence"), gate
-
-
-def unsupported(gates_x, k, weight_hh, weight_ch, h0, c0) -> str | None:
-    """Why the Triton kernels cannot take these tensors, or ``None`` when they can."""
-    tensors = [gates_x, k, weight_hh, h0, c0] + ([weight_ch] if weight_ch is not None else [])
-    device = gates_x.device
-    for tensor in tensors:
-        if tensor.device != device:
-            devices = sorted({str(t.device) for t in tensors})
-            return f"its inputs must be on one device, got {', '.join(devices)}"
-        if tensor.dtype != gates_x.dtype or gates_x.dtype not in DTYPES:
-            dtypes = sorted({str(t.dtype) for t in tensors})
-            return (
-                "it takes float32, float64, bfloat16 or float16 inputs of one dtype, got "
-                + ", ".join(dtypes)
+def _kernels() -> ModuleType:
+    """:mod:`.library`, the ops and their entry points, loaded on the first call (all kernels
+    together, so that all are compiled or all interpreted). A plain import statement, which
+    torch.compile runs while tracing (``importlib`` would break the graph)."""
+    global _library
+    if _library is None:
+        error = import_error()
+        if error is not None:
+            raise RuntimeError(
+                f"backend='triton' needs Triton, which could not be imported ({error}); to fix "
+                f"it, {FIX}"
             )
-    if device.type == "cuda" or (device.type == "cpu" and interpreted()):
-        return None
-    if device.type == "cpu":
-        return f"it runs on CUDA tensors, got CPU tensors; {FIX}"
-    return f"it runs on CUDA tensors, got a tensor on {device}"
+        from . import library
+
+        _library = library
+    return _library
 
 
 def unavailable() -> str | None:
@@ -127,17 +110,14 @@ def triton_recurrence(
     (like ``"fused"``): use ``backend="reference"`` for double backward.
     """
     tensors = (gates_x, k, weight_hh, weight_ch, h0, c0)
-    if import_error() is None:
-        reason = unsupported(*tensors)
-        if reason is not None:
-            raise RuntimeError(f"backend='triton' cannot run these inputs: {reason}")
-    kernels, _ = _kernels()
+    plan("triton", tensors=tensors, packed=gates_x.dim() == 2)  # raises if it cannot run
+    library = _kernels()
     if gates_x.shape[0] == 0 or gates_x.shape[1] == 0:
         return reference_recurrence(*tensors, grad_clip, batch_sizes)
     if gates_x.dim() == 2:
         return _packed(tensors, grad_clip, batch_sizes)
     tensors = tuple(None if t is None else t.contiguous() for t in tensors)
-    return kernels.recurrence(*tensors, grad_clip, batch_sizes)
+    return library.recurrence(*tensors, grad_clip, batch_sizes)
 
 
 def _packed(tensors, grad_clip, batch_sizes: Tensor):
@@ -155,16 +135,16 @@ def _packed(tensors, grad_clip, batch_sizes: Tensor):
         grid = packed.new_zeros(length * batch, packed.shape[1])
         return grid.index_copy(0, rows, packed).view(length, batch, -1)
 
-    h, h_n, c_n = triton_recurrence(
-        padded(gates_x), padded(k), weight_hh, weight_ch, h0, c0, grad_clip, batch_sizes
+    tensors = [t if t is None else t.contiguous() for t in (weight_hh, weight_ch, h0, c0)]
+    h, h_n, c_n = _kernels().recurrence(
+        padded(gates_x), padded(k), *tensors, grad_clip, batch_sizes
     )
     return h.reshape(length * batch, -1).index_select(0, rows), h_n, c_n
 
 
 def sequence_gate(times, period, shift, r_on, leak, valid, dtype) -> Tensor:
     """The Triton time gate; see :func:`phased_lstm.ops.sequence_gate`."""
-    _, gate = _kernels()
-    return gate.sequence_gate(times, period, shift, r_on, leak, valid, dtype)
+    return _kernels().time_gate(times, period, shift, r_on, leak, valid, dtype)
 
 
 TRITON = Backend(
@@ -190,5 +170,4 @@ __all__ = [
     "interpreted",
     "triton_recurrence",
     "unavailable",
-    "unsupported",
 ]

@@ -1,12 +1,12 @@
 """The time gate of a whole sequence in one Triton launch, forward and backward (GPU).
 
-The counterpart of ``_cpu/csrc/time_gate.cpp`` for the ``"triton"`` backend, loaded with it by
-:mod:`.backend`. On a GPU the readable definition
-(:func:`phased_lstm.functional.time_gate`) is a dozen full-size float64 passes plus as many in
-its backward; here each element is computed once, in float64 with the same floor-mod as the C++
-kernel, ``k = 0`` is written on padded steps, and the backward reduces each block of rows into
-partial sums of the ``(H,)`` gradients of period, shift and r_on (summed afterwards, in a fixed
-order: no atomics, the same result on every run).
+The counterpart of ``_cpu/csrc/time_gate.cpp`` for the ``"triton"`` backend: the kernels and
+their launches, which :mod:`.library` registers as ops; loaded with the backend's other kernels
+on first use. On a GPU the readable definition (:func:`phased_lstm.functional.time_gate`) is a
+dozen full-size float64 passes plus as many in its backward; here each element is computed once,
+in float64 with the same floor-mod as the C++ kernel, ``k = 0`` is written on padded steps, and
+the backward reduces each block of rows into partial sums of the ``(H,)`` gradients of period,
+shift and r_on (summed afterwards, in a fixed order: no atomics, the same result on every run).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 f64 = torch.float64
 
@@ -158,47 +157,39 @@ def _valid_bytes(valid: Tensor | None, times: Tensor) -> Tensor:
     return valid.contiguous().view(torch.uint8)
 
 
-class _TritonTimeGate(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, times, period, shift, r_on, leak, valid, dtype):
-        rows, hidden = times.numel(), period.numel()
-        k = torch.empty(*times.shape, hidden, dtype=dtype, device=times.device)
-        leak_t = torch.tensor([leak], dtype=f64, device=times.device)
-        if rows > 0 and hidden > 0:
-            grid = (triton.cdiv(rows, _BR), triton.cdiv(hidden, _BH))
-            _gate_forward[grid](
-                times, period, shift, r_on, _valid_bytes(valid, times), leak_t, k, rows,
-                H=hidden, BR=_BR, BH=_BH, HAS_VALID=valid is not None, OUT=_OUT[dtype],
-                **_OPTIONS,
-            )  # fmt: skip
-        ctx.save_for_backward(times, period, shift, r_on, leak_t, valid)
-        return k
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_k):
-        times, period, shift, r_on, leak_t, valid = ctx.saved_tensors
-        rows, hidden = times.numel(), period.numel()
-        grad_k = grad_k.contiguous()
-        # Enough programs to fill a GPU, each summing a contiguous run of rows.
-        blocks = triton.cdiv(max(rows, 1), _BR)
-        programs = max(1, min(blocks, 1024 // triton.cdiv(max(hidden, 1), _BH)))
-        rows_per_program = triton.cdiv(blocks, programs) * _BR
-        programs = triton.cdiv(max(rows, 1), rows_per_program)
-        part = torch.zeros(programs, 3, hidden, dtype=f64, device=times.device)
-        if rows > 0 and hidden > 0:
-            _gate_backward[(programs, triton.cdiv(hidden, _BH))](
-                grad_k, times, period, shift, r_on, _valid_bytes(valid, times), leak_t, part,
-                rows, rows_per_program,
-                H=hidden, BR=_BR, BH=_BH, HAS_VALID=valid is not None, **_OPTIONS,
-            )  # fmt: skip
-        grad_period, grad_shift, grad_r_on = part.sum(0)
-        return None, grad_period, grad_shift, grad_r_on, None, None, None
+def _leak(leak: float, times: Tensor) -> Tensor:
+    # Through memory: Triton passes a Python float to a kernel as float32, the gate is float64.
+    return torch.tensor([leak], dtype=f64, device=times.device)
 
 
-def sequence_gate(times, period, shift, r_on, leak, valid, dtype) -> Tensor:
-    """k of shape ``(*times.shape, H)`` in ``dtype``, zero where ``valid`` is False; the
-    arguments of :func:`phased_lstm.ops.sequence_gate` (``times`` needs no gradient)."""
-    times, period, shift, r_on = (t.to(f64).contiguous() for t in (times, period, shift, r_on))
-    valid = None if valid is None else valid.contiguous()
-    return _TritonTimeGate.apply(times, period, shift, r_on, float(leak), valid, dtype)
+def forward(times, period, shift, r_on, leak: float, valid, dtype: torch.dtype) -> Tensor:
+    """k of shape ``(*times.shape, H)`` in ``dtype``, zero where ``valid`` is False; float64
+    contiguous ``times``, ``period``, ``shift``, ``r_on`` (the op :mod:`.library` registers)."""
+    rows, hidden = times.numel(), period.numel()
+    k = torch.empty(*times.shape, hidden, dtype=dtype, device=times.device)
+    if rows > 0 and hidden > 0:
+        grid = (triton.cdiv(rows, _BR), triton.cdiv(hidden, _BH))
+        _gate_forward[grid](
+            times, period, shift, r_on, _valid_bytes(valid, times), _leak(leak, times), k, rows,
+            H=hidden, BR=_BR, BH=_BH, HAS_VALID=valid is not None, OUT=_OUT[dtype], **_OPTIONS,
+        )  # fmt: skip
+    return k
+
+
+def backward(grad_k, times, period, shift, r_on, leak: float, valid) -> tuple[Tensor, ...]:
+    """The gradients of period, shift and r_on (float64, ``(H,)`` each) for ``grad_k``."""
+    rows, hidden = times.numel(), period.numel()
+    # Enough programs to fill a GPU, each summing a contiguous run of rows.
+    blocks = triton.cdiv(max(rows, 1), _BR)
+    programs = max(1, min(blocks, 1024 // triton.cdiv(max(hidden, 1), _BH)))
+    rows_per_program = triton.cdiv(blocks, programs) * _BR
+    programs = triton.cdiv(max(rows, 1), rows_per_program)
+    part = torch.zeros(programs, 3, hidden, dtype=f64, device=times.device)
+    if rows > 0 and hidden > 0:
+        _gate_backward[(programs, triton.cdiv(hidden, _BH))](
+            grad_k, times, period, shift, r_on, _valid_bytes(valid, times), _leak(leak, times),
+            part, rows, rows_per_program,
+            H=hidden, BR=_BR, BH=_BH, HAS_VALID=valid is not None, **_OPTIONS,
+        )  # fmt: skip
+    # Three separate tensors (an op's outputs may not share memory), each summed in one order.
+    return tuple(part[:, which].sum(0) for which in range(3))
