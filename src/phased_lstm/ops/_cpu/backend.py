@@ -39,6 +39,7 @@ import math
 import torch
 from torch import Tensor
 
+from .._gate_op import call_time_gate
 from .._planner import Backend, needs_grad, plan
 from ..reference import reference_recurrence, valid_rows_of
 from .kernels import build_error, build_fix, kernel_module, kernels_available
@@ -113,15 +114,7 @@ def time_gate(times, period, shift, r_on, leak, valid, dtype) -> Tensor:
     An op with a fake implementation and a registered backward (:mod:`.library`) that
     differentiates with respect to period, shift and r_on (not the timestamps).
     """
-    return torch.ops.phased_lstm.time_gate_forward(
-        times.to(f64).contiguous(),
-        period.to(f64).contiguous(),
-        shift.to(f64).contiguous(),
-        r_on.to(f64).contiguous(),
-        float(leak),
-        None if valid is None else valid.contiguous(),
-        dtype,
-    )
+    return call_time_gate("phased_lstm", times, period, shift, r_on, leak, valid, dtype)
 
 
 def stream(w_ih, w_hh, bias, w_ch, period, shift, r_on, tensors, batch_first):

@@ -20,6 +20,8 @@ import threading
 import torch
 from torch.autograd.function import once_differentiable
 
+from .._gate_op import time_gate_autograd
+
 _NAMESPACE = "phased_lstm"
 _lock = threading.Lock()
 _registered = False
@@ -79,23 +81,6 @@ def _fake_forward_infer(gates_x, k, weight_hh, weight_ch, h0, c0, batch_sizes, d
 
 
 # ------------------------------------------------------------------------------- autograd
-def _setup_time_gate(ctx, inputs, output):
-    times, period, shift, r_on, leak, valid, _ = inputs
-    ctx.save_for_backward(times, period, shift, r_on, valid)
-    ctx.leak = leak
-
-
-@once_differentiable
-def _backward_time_gate(ctx, grad_k):
-    times, period, shift, r_on, valid = ctx.saved_tensors
-    grads = torch.ops.phased_lstm.time_gate_backward(
-        grad_k.contiguous(), times, period, shift, r_on, ctx.leak, valid
-    )
-    # No gradient for the timestamps: the planner sends timestamps that need one to the
-    # readable gate (phased_lstm.functional.time_gate), which has it.
-    return (None, *grads, None, None, None)
-
-
 def _setup_forward_train(ctx, inputs, output):
     gates_x, k, weight_hh, weight_ch, h0, c0, batch_sizes, grad_clip = inputs
     h, _, _, c, acts = output
@@ -145,8 +130,9 @@ def register() -> None:
         }
         for name, fake in fakes.items():
             torch.library.register_fake(_op(name), fake)
+        backward, setup_context = time_gate_autograd(_NAMESPACE)
         torch.library.register_autograd(
-            _op("time_gate_forward"), _backward_time_gate, setup_context=_setup_time_gate
+            _op("time_gate_forward"), backward, setup_context=setup_context
         )
         torch.library.register_autograd(
             _op("forward_train"), _backward_forward_train, setup_context=_setup_forward_train

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .._gate_op import call_time_gate, time_gate_autograd
 from .._planner import needs_grad
 from . import gate, launch
 from .launch import LaunchPlan, compute_dtype
@@ -163,23 +164,6 @@ def _(grad_h, grad_h_n, grad_c_n, k, weight_hh, weight_ch, h0, c0, h, c, acts, w
 
 
 # ------------------------------------------------------------------------------- autograd
-def _setup_time_gate(ctx, inputs, output):
-    times, period, shift, r_on, leak, valid, _ = inputs
-    ctx.save_for_backward(times, period, shift, r_on, valid)
-    ctx.leak = leak
-
-
-@once_differentiable
-def _backward_time_gate(ctx, grad_k):
-    times, period, shift, r_on, valid = ctx.saved_tensors
-    grads = torch.ops.phased_lstm_triton.time_gate_backward(
-        grad_k.contiguous(), times, period, shift, r_on, ctx.leak, valid
-    )
-    # No gradient for the timestamps: the planner sends timestamps that need one to the
-    # readable gate (phased_lstm.functional.time_gate), which has it.
-    return (None, *grads, None, None, None)
-
-
 def _setup_forward_train(ctx, inputs, output):
     gates_x, k, weight_hh, weight_ch, h0, c0, batch_sizes, grad_clip, plan = inputs
     h, _, _, c, acts = output
@@ -216,7 +200,8 @@ def _backward_forward_train(ctx, grad_h, grad_h_n, grad_c_n, _grad_c, _grad_acts
     )
 
 
-_time_gate_forward.register_autograd(_backward_time_gate, setup_context=_setup_time_gate)
+_gate_backward, _gate_setup = time_gate_autograd(_NAMESPACE)
+_time_gate_forward.register_autograd(_gate_backward, setup_context=_gate_setup)
 _forward_train.register_autograd(_backward_forward_train, setup_context=_setup_forward_train)
 
 
@@ -241,12 +226,4 @@ def time_gate(times, period, shift, r_on, leak, valid, dtype) -> Tensor:
     """k of shape ``(*times.shape, H)`` in ``dtype``, zero where ``valid`` is False; the
     arguments of :func:`phased_lstm.ops.sequence_gate`. It differentiates with respect to
     period, shift and r_on, not the timestamps."""
-    return torch.ops.phased_lstm_triton.time_gate_forward(
-        times.to(f64).contiguous(),
-        period.to(f64).contiguous(),
-        shift.to(f64).contiguous(),
-        r_on.to(f64).contiguous(),
-        float(leak),
-        None if valid is None else valid.contiguous(),
-        dtype,
-    )
+    return call_time_gate(_NAMESPACE, times, period, shift, r_on, leak, valid, dtype)
