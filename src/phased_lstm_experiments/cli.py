@@ -1,5 +1,5 @@
 """The ``phased-lstm`` console script: ``reproduce EXPERIMENT`` (``freq``, ``freq2``, ``adding``,
-``nmnist`` or ``fusion``), ``bench``, ``data NAME`` and ``build-kernels``.
+``nmnist`` or ``fusion``), ``rate-shift``, ``bench``, ``data NAME`` and ``build-kernels``.
 
 ``phased-lstm reproduce freq`` runs the ``quick`` preset (about 20 minutes on a 2-core CPU);
 ``--preset paper`` is the paper's protocol and prints its estimated time first. Explicit options
@@ -165,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the resolved configuration and the estimated time, then stop",
     )
     _add_task_options(reproduce)
+    shift = commands.add_parser(
+        "rate-shift",
+        help="one rate-shift matrix from several output folders (with and without --rate-augment)",
+        add_help=False,
+    )
+    shift.add_argument("shift_args", nargs=argparse.REMAINDER)
     bench = commands.add_parser("bench", help="benchmark the recurrence backends", add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     kernels = commands.add_parser(
@@ -465,6 +471,10 @@ def main(argv: list[str] | None = None) -> int:
         return bench(argv[1:])
     if argv and argv[0] == "build-kernels":
         return build_kernels(argv[1:])
+    if argv and argv[0] == "rate-shift":
+        from .rate_shift import main as rate_shift_main
+
+        return rate_shift_main(argv[1:], prog=f"{PROG} rate-shift")
     if len(argv) > 1 and argv[0] == "data" and not argv[1].startswith("-"):
         # The same for a dataset builder: everything after its name is its own.
         return data(argv[1], argv[2:], parser)

@@ -19,9 +19,11 @@ from torch import Tensor, nn
 from phased_lstm import PhasedLSTM
 from phased_lstm.ops import recurrence
 
+from .gap_scaling import GAP_SCALED, GapScaledInput
+
 MODEL_NAMES = ("plstm", "lstm", "bnlstm-input", "bnlstm", "cfc")
 # Models whose recurrence clips the gradient of its gate pre-activations (ModelSpec.grad_clip).
-GATE_CLIP_MODELS = ("plstm", "lstm", "bnlstm-input", "bnlstm")
+GATE_CLIP_MODELS = ("plstm", "lstm", "bnlstm-input", "bnlstm", GAP_SCALED)
 
 _INIT_STD = 0.1
 _INPUT_GATE_BIAS = -0.1
@@ -428,11 +430,14 @@ _ENCODERS: dict[str, Callable[[ModelSpec], nn.Module]] = {
     "bnlstm-input": lambda spec: LSTMEncoder(spec, input_norm=True),
     "bnlstm": RecurrentBNLSTMEncoder,
     "cfc": CfCEncoder,
+    # An ablation, offered by the tasks that measure sampling rates (gap_scaling.py).
+    GAP_SCALED: lambda spec: GapScaledInput(PhasedLSTMEncoder(spec)),
 }
 
 
 def build_model(name: str, spec: ModelSpec) -> SequenceModel:
-    """The model called ``name`` (one of :data:`MODEL_NAMES`) for a task described by ``spec``."""
+    """The model called ``name`` (one of :data:`MODEL_NAMES`, or ``"plstm-gapscaled"``) for a
+    task described by ``spec``."""
     if name not in _ENCODERS:
-        raise ValueError(f"model must be one of {', '.join(MODEL_NAMES)}, got {name!r}")
+        raise ValueError(f"model must be one of {', '.join(_ENCODERS)}, got {name!r}")
     return SequenceModel(_ENCODERS[name](spec), spec.hidden_size, spec.num_outputs, spec.classify)

@@ -312,13 +312,14 @@ def write_figures(config: ExperimentConfig, results: dict, out: Path) -> list[st
         # A figure that cannot be drawn from the runs so far must not end the command that
         # trains them: it is left out of this report, with the reason on stderr.
         try:
-            saved.append(_save(draw(), out, name))
+            saved.append(save_figure(draw(), out, name))
         except Exception as error:  # noqa: BLE001
             print(f"phased-lstm: figure {name} not drawn: {error!r}", file=sys.stderr, flush=True)
     return saved
 
 
-def _save(figure, out: Path, name: str) -> str:
+def save_figure(figure, out: Path, name: str) -> str:
+    """Write ``figure`` to ``out / name`` as a PNG, atomically, and close it; return ``name``."""
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
@@ -328,4 +329,11 @@ def _save(figure, out: Path, name: str) -> str:
     return name
 
 
-__all__ = ["metrics_csv", "reported_config", "results_markdown", "write_figures", "write_report"]
+__all__ = [
+    "metrics_csv",
+    "reported_config",
+    "results_markdown",
+    "save_figure",
+    "write_figures",
+    "write_report",
+]

@@ -1,8 +1,9 @@
 """Runs an experiment: every (model, condition, seed) through a Lightning Trainer, resumably.
 
 The output folder holds ``config.json`` (the resolved configuration), ``results.json`` (one
-record per finished run, with its per-epoch history, and one entry per command that trained,
-with its wall time), ``metrics.csv``, ``results.md``, the figures, and ``runs/<run>/`` with each
+record per finished run, with its per-epoch history, one entry per command that trained, with
+its wall time, and the task's tables derived from the runs, such as ``rate_shift``),
+``metrics.csv``, ``results.md``, the figures, and ``runs/<run>/`` with each
 run's checkpoints and Lightning CSV logs (TensorBoard logs go to ``tensorboard/<run>/``).
 ``--resume`` skips the runs recorded as finished in ``results.json`` and continues the others
 from their ``last.ckpt``.
@@ -205,6 +206,8 @@ def run_experiment(
 
     def save(report: bool = True) -> None:
         results["config"] = config.to_dict()
+        # Tables derived from the runs (the rate-shift matrix), kept beside them.
+        results.update(task.summaries(config, results))
         write_json(out / "results.json", results)
         if report and on_update is not None:
             on_update(config, results, out)

@@ -24,6 +24,7 @@ MODEL_TITLES = {
     "bnlstm": "BN-LSTM (recurrent BN, Cooijmans et al.)",
     "cfc": "CfC (ncps)",
     "cnn": "CNN (event frames)",
+    "plstm-gapscaled": "Phased LSTM, input scaled by its time gap",
 }
 COLORS = {
     "plstm": "tab:red",
@@ -32,6 +33,7 @@ COLORS = {
     "bnlstm": "tab:cyan",
     "cfc": "tab:green",
     "cnn": "tab:olive",
+    "plstm-gapscaled": "tab:orange",
 }
 
 

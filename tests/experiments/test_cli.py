@@ -424,7 +424,8 @@ def test_ddp_two_cpu_processes(tmp_path):
         ),
         (
             ["freq", "--models", "plstm,gru"],
-            "unknown model 'gru' for freq; choose from plstm, lstm, bnlstm-input, bnlstm, cfc\n",
+            "unknown model 'gru' for freq; choose from plstm, lstm, bnlstm-input, bnlstm, cfc, "
+            "plstm-gapscaled\n",
         ),
         (["freq", "--condition", ","], "argument --condition: expected comma-separated"),
         (["freq", "--seeds", "a"], "comma-separated non-negative integers"),

@@ -84,10 +84,11 @@ def tiny_config(root: Path, share: float = 1.0, **changes):
 
 def test_runs_conditions_and_presets():
     assert TASK.conditions == ("rate75",)
-    assert set(TASK.models) == {"plstm", "lstm", "bnlstm-input", "cnn"}
+    # The gap-scaled Phased LSTM is an ablation that no preset runs.
+    assert set(TASK.models) == {"plstm", "lstm", "bnlstm-input", "cnn", "plstm-gapscaled"}
     for preset in ("quick", "paper"):
         config = preset_config("nmnist", preset)
-        assert set(config.models) == set(TASK.models)
+        assert set(config.models) == set(TASK.models) - {"plstm-gapscaled"}
         assert TASK.runs(config) == [
             (model, "rate75", seed) for seed in config.seeds for model in config.models
         ]
@@ -102,13 +103,14 @@ def test_runs_conditions_and_presets():
 
 def test_prepare_settles_the_data_folder_and_the_sizes(tiny, monkeypatch, capsys):
     config = preset_config("nmnist", "paper")
-    assert config.options == {"data": None, "event_share": 1.0}
+    assert config.options == {"data": None, "event_share": 1.0, "rate_augment": None}
     calls = []
     monkeypatch.setattr(
         "phased_lstm_experiments.nmnist_sim.ensure_nmnist_sim", lambda: calls.append(1) or tiny
     )
     prepared = TASK.prepare(config)
-    assert calls == [1] and prepared.options == {"data": str(tiny), "event_share": 1.0}
+    assert calls == [1]
+    assert prepared.options == {"data": str(tiny), "event_share": 1.0, "rate_augment": None}
     # Clamped to what the tiny dataset holds: 10 training and 10 test digits.
     assert (prepared.samples_per_epoch, prepared.test_samples) == (10, 10)
     assert "N-MNIST-sim (recordings synthesised from real MNIST digits" in capsys.readouterr().err
@@ -131,10 +133,10 @@ def test_data_is_described_by_what_it_holds(tiny, tmp_path):
 # Data and test sets -------------------------------------------------------------------------
 
 
-def test_three_test_sets_nested_and_the_same_for_every_model(tiny):
+def test_the_test_sets_nested_and_the_same_for_every_model(tiny):
     config = tiny_config(tiny)
     sets = TASK.test_data(config, "plstm", "rate75", seed=1)
-    assert list(sets) == ["test", "test_rate40", "test_rate100"]
+    assert list(sets) == ["test", "test_rate20", "test_rate40", "test_rate100"]
     files = NMNIST(tiny, train=False).files
     by_file = {}
     for name, subset in sets.items():
@@ -146,12 +148,13 @@ def test_three_test_sets_nested_and_the_same_for_every_model(tiny):
         full = read_nmnist(path)
         # rho = 1 keeps every event; each rate's events are a subset of the next rate's.
         np.testing.assert_array_equal(by_file["test_rate100"][path], full)
-        for low, high in (("test_rate40", "test"), ("test", "test_rate100")):
+        pairs = (("test_rate20", "test_rate40"), ("test_rate40", "test"), ("test", "test_rate100"))
+        for low, high in pairs:
             kept = by_file[low][path]
             assert np.isin(kept["t"], by_file[high][path]["t"]).all() and len(kept) < len(full)
     shares = [sum(len(by_file[n][p]) for p in files) / sum(len(read_nmnist(p)) for p in files)
-              for n in ("test_rate40", "test")]  # fmt: skip
-    assert shares[0] == pytest.approx(0.4, abs=0.02) and shares[1] == pytest.approx(0.75, abs=0.02)
+              for n in ("test_rate20", "test_rate40", "test")]  # fmt: skip
+    assert shares == pytest.approx([0.2, 0.4, 0.75], abs=0.02)
     # The same events for another model of the seed, other events for another seed.
     other = TASK.test_data(config, "lstm", "rate75", seed=1)["test_rate40"]
     for k, i in enumerate(other.indices):
@@ -168,7 +171,8 @@ def test_the_event_share_thins_every_rate_alike(tiny):
     half = tiny_config(tiny, share=0.5)
     files = NMNIST(tiny, train=False).files
     total = sum(len(read_nmnist(path)) for path in files)
-    for name, rate in (("test", 0.75), ("test_rate40", 0.4), ("test_rate100", 1.0)):
+    for name, rate in (("test", 0.75), ("test_rate20", 0.2), ("test_rate40", 0.4),
+                       ("test_rate100", 1.0)):  # fmt: skip
         kept = TASK.test_data(half, "plstm", "rate75", seed=1)[name]
         every = TASK.test_data(full, "plstm", "rate75", seed=1)[name]
         assert list(kept.indices) != [] and sorted(kept.indices) == sorted(every.indices)
@@ -285,6 +289,9 @@ def test_baselines_read_the_time_in_hundreds_of_milliseconds():
     times = torch.tensor([[0.0, 150.0, 300.0]], dtype=torch.float64)
     network(torch.zeros(1, 3, dtype=torch.int64), times, torch.tensor([3]))
     torch.testing.assert_close(seen[0], torch.tensor([[0.0, 1.5, 3.0]], dtype=torch.float64))
+    # The Phased LSTMs, the gap-scaled one included, read milliseconds in their time gate.
+    for model in ("plstm", "plstm-gapscaled"):
+        assert gated_network(model).time_unit == 1.0
 
 
 def test_time_inference_reports_both_paths_and_restores_the_backend():
@@ -323,7 +330,7 @@ def tiny_run(tiny, tmp_path_factory):
 @pytest.mark.slow
 def test_cli_end_to_end(tiny, tiny_run):
     config = json.loads((tiny_run / "config.json").read_text())
-    assert config["options"] == {"data": str(tiny), "event_share": 1.0}
+    assert config["options"] == {"data": str(tiny), "event_share": 1.0, "rate_augment": None}
     assert (config["samples_per_epoch"], config["test_samples"]) == (10, 10)
     results = json.loads((tiny_run / "results.json").read_text())
     assert sorted(results["runs"]) == [
@@ -332,7 +339,7 @@ def test_cli_end_to_end(tiny, tiny_run):
         "plstm-rate75-seed1",
     ]
     for name, record in results["runs"].items():
-        for metric in ("test", "test_rate40", "test_rate100"):
+        for metric in ("test", "test_rate20", "test_rate40", "test_rate100"):
             assert 0 <= record["final"][f"{metric}_acc"] <= 1, name
     # The LSTM updates every neuron at every event: the test digits' events at rho = 0.75.
     test = TASK.test_data(tiny_config(tiny), "lstm", "rate75", seed=1)["test"]

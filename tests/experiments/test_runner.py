@@ -83,19 +83,25 @@ CLASSIFICATION_ROW = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc
 REGRESSION_ROW = {"epoch", "train_loss", "test_loss", "wall_s"} | TIMES
 # The one addition: the wall time of every command that trained.
 RESULTS_KEYS = {"version", "runs", "config", "sessions"}
+# What freq adds (with --rate-augment and the rate-shift matrix): the option in config.json, the
+# accuracies under the other samplings as each run's measures, the matrix in results.json.
+FREQ_EXTRA = {"config": {"options"}, "run": {"measures"}, "results": {"rate_shift"}}
+NO_EXTRA = {"config": set(), "run": set(), "results": set()}
 # A session also says whether its processes flushed subnormal floats (older ones do not).
 SESSION_KEYS = {"started", "ended", "seconds", "runs", "jobs", "status", "subnormals"}
 
 
 @pytest.mark.parametrize(
-    "experiment, condition, baseline_run, row, figures",
+    "experiment, condition, baseline_run, row, figures, extra",
     [
         (
             "freq",
             "standard",
             "lstm-standard-seed1",
             CLASSIFICATION_ROW,
-            {"accuracy_bars.png", "learning_curves.png", "sampling_conditions.png"},
+            {"accuracy_bars.png", "learning_curves.png", "sampling_conditions.png"}
+            | {"rate_shift.png"},
+            FREQ_EXTRA,
         ),
         (
             "freq2",
@@ -103,28 +109,30 @@ SESSION_KEYS = {"started", "ended", "seconds", "runs", "jobs", "status", "subnor
             "lstm-async-seed1",
             CLASSIFICATION_ROW,
             {"accuracy_bars.png", "learning_curves.png"},
+            NO_EXTRA,
         ),
-        ("adding", "tau0-2", "lstm-adding-seed1", REGRESSION_ROW, {"adding_mse.png"}),
+        ("adding", "tau0-2", "lstm-adding-seed1", REGRESSION_ROW, {"adding_mse.png"}, NO_EXTRA),
     ],
 )
 @pytest.mark.slow
 def test_results_and_config_keep_their_fields(
-    tmp_path, experiment, condition, baseline_run, row, figures
+    tmp_path, experiment, condition, baseline_run, row, figures, extra
 ):
     out = tmp_path / experiment
     run_cli(
         experiment, "--condition", condition, "--models", "plstm,lstm", *TINY, "--out", str(out)
     )
     config = read_json(out / "config.json")
-    assert set(config) == CONFIG_KEYS and set(config["trainer"]) == TRAINER_KEYS
+    assert set(config) == CONFIG_KEYS | extra["config"]
+    assert set(config["trainer"]) == TRAINER_KEYS
     results = read_json(out / "results.json")
-    assert set(results) == RESULTS_KEYS
+    assert set(results) == RESULTS_KEYS | extra["results"]
     assert results["version"] == 1 and results["config"] == config
     plstm_run = f"plstm-{condition}-seed1"
     assert set(results["runs"]) == {plstm_run, baseline_run}
     for name, expected_row in ((plstm_run, row | {"update_fraction"}), (baseline_run, row)):
         record = results["runs"][name]
-        assert set(record) == RUN_KEYS
+        assert set(record) == RUN_KEYS | extra["run"]
         assert set(record["history"][0]) == expected_row and record["final"] == record["history"][0]
     [session] = results["sessions"]
     assert set(session) == SESSION_KEYS and session["status"] == "finished"

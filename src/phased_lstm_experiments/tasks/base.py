@@ -26,8 +26,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
+from phased_lstm.data import random_rate
+
 from ..config import ExperimentConfig
 from ..models import MODEL_NAMES, ModelSpec, build_model
+from ..rate_shift import shift_summary
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -72,6 +75,24 @@ def finite_option(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
+
+
+def share_range_option(text: str) -> list[float]:
+    """A ``TaskOption.type`` for ``LOW,HIGH``: the range a kept share is drawn from,
+    ``0 < LOW <= HIGH <= 1`` (``--rate-augment``)."""
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected LOW,HIGH, two shares with 0 < LOW <= HIGH <= 1 such as 0.1,1; got {text!r}"
+        ) from None
+    if not (0.0 < low <= 1.0 and 0.0 < high <= 1.0):
+        raise argparse.ArgumentTypeError(
+            f"expected LOW and HIGH in (0, 1] (shares of the samples kept), got {text!r}"
+        )
+    if low > high:
+        raise argparse.ArgumentTypeError(f"expected LOW <= HIGH, got {text!r}")
+    return [low, high]
 
 
 @dataclass(frozen=True)
@@ -262,6 +283,30 @@ class Task:
         default. The network may be changed: the run is over."""
         return {}
 
+    # ------------------------------------------------------------------- rate-shift matrix
+    def shift_tests(self, config: ExperimentConfig) -> dict[str, str]:
+        """The test conditions under which every trained model is tested, for the rate-shift
+        matrix (:mod:`..rate_shift`): key -> title, in the report's order; the key of the
+        training condition's own test is the condition. None by default."""
+        return {}
+
+    def shift_accuracies(self, record: dict) -> dict[str, float]:
+        """A run's accuracy under each test condition of :meth:`shift_tests` that it measured,
+        read from its ``results.json`` record."""
+        return {}
+
+    def training_title(self, condition: str, augment: tuple[float, float] | None) -> str:
+        """What the runs of ``condition`` trained on, with the rate augmentation ``augment``
+        (``None``: none), for the matrix; a test condition whose key is ``condition`` is the
+        training condition itself. By default the condition's title."""
+        return self.condition_titles.get(condition, condition)
+
+    def summaries(self, config: ExperimentConfig, results: dict) -> dict[str, Any]:
+        """Tables derived from the runs that ``results.json`` records beside them (rewritten
+        with every run): the rate-shift matrix (``"rate_shift"``) where the task has one."""
+        summary = shift_summary(self, config, results)
+        return {"rate_shift": summary} if summary["rows"] else {}
+
     # ---------------------------------------------------------------------------- report
     def examples_text(self, config: ExperimentConfig) -> str:
         """What one epoch trains on and what is tested, for results.md's protocol."""
@@ -298,13 +343,19 @@ class SyntheticTask(Task):
     ``SeedSequence([seed, 1])`` for the test set; the test set is evaluated in order of length,
     which saves most of its padding and changes nothing else (in eval mode every model's output
     for an example is independent of its batch).
+
+    With the option ``rate_augment = [low, high]`` (``--rate-augment``, for the tasks that offer
+    it) every training sequence keeps a random share in ``[low, high]`` of its samples
+    (:func:`phased_lstm.data.random_rate`), drawn from ``SeedSequence([seed, 0, epoch, 3])``: the
+    same waves as without it, thinned, and the same thinning on ``--resume``. Test and
+    validation sets are never thinned.
     """
 
     mean_steps: ClassVar[dict[str, float]] = {}
     """Mean sequence length per condition, for :meth:`run_cost`."""
     default_mean_steps: ClassVar[float] = 100.0
 
-    _TRAIN_STREAM, _TEST_STREAM, _VALIDATION_STREAM = 0, 1, 2
+    _TRAIN_STREAM, _TEST_STREAM, _VALIDATION_STREAM, _RATE_STREAM = 0, 1, 2, 3
 
     def generate(
         self, condition: str, n: int, rng: np.random.Generator
@@ -318,7 +369,20 @@ class SyntheticTask(Task):
 
     def train_data(self, config, model, condition, seed, epoch) -> Dataset:
         n = config.samples_for(condition)
-        return TensorDataset(*self._draw(condition, n, seed, self._TRAIN_STREAM, epoch))
+        values, times, lengths, targets = self._draw(condition, n, seed, self._TRAIN_STREAM, epoch)
+        keep = config.options.get("rate_augment")
+        if keep is not None:
+            entropy = [seed, self._TRAIN_STREAM, epoch, self._RATE_STREAM]
+            state = int(np.random.SeedSequence(entropy).generate_state(1)[0])
+            values, times, lengths = random_rate(
+                values,
+                times,
+                lengths,
+                keep=tuple(keep),
+                batch_first=True,
+                generator=torch.Generator().manual_seed(state),
+            )
+        return TensorDataset(values, times, lengths, targets)
 
     def test_data(self, config, model, condition, seed) -> dict[str, Dataset]:
         return {"test": self._fixed_set(condition, config.test_samples, seed, self._TEST_STREAM)}
@@ -347,4 +411,5 @@ __all__ = [
     "Task",
     "TaskOption",
     "collate_trimmed",
+    "share_range_option",
 ]

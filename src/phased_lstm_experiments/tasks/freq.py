@@ -3,17 +3,27 @@
 Is a sine's period in [5, 6] ms? The same waves under three samplings: every 1 ms, every
 0.1 ms (ten times longer sequences), and at random times. The protocol and the paper's numbers
 are described in docs/paper.md; what we measured, in docs/reproduction.md.
+
+Every trained model is also tested, once after training, under the other samplings (the
+rate-shift matrix); ``--rate-augment LOW,HIGH`` trains on sequences thinned to a random share of
+their samples, and the ``rates`` preset is the measurement of both (docs/reproduction.md,
+"Training for any sampling rate").
 """
 
 from __future__ import annotations
 
 import math
 
+import torch
+from torch.utils.data import DataLoader
+
 from phased_lstm.data import FREQUENCY_CONDITIONS, frequency_task
 
-from ..models import ModelSpec
+from ..gap_scaling import GAP_SCALED, GAP_SCALED_TEXT
+from ..models import MODEL_NAMES, ModelSpec
+from ..rate_shift import FIGURE, augment_of, shift_figure, shift_rows, shift_table
 from ..tables import accuracy_bars, accuracy_table, learning_curves, model_protocol_lines
-from .base import PAPER_PRESET, QUICK_PRESET, SyntheticTask
+from .base import PAPER_PRESET, QUICK_PRESET, SyntheticTask, TaskOption, share_range_option
 
 # Fig. 3d, test accuracy (%) after 70 epochs, and the authors' later rerun (docs/paper.md).
 # The paper's "BN-LSTM" is what the authors' code ran: our bnlstm-input.
@@ -38,6 +48,14 @@ FREQUENCY_SHIFT_RANGE = (0.0, 100.0)
 FREQUENCY_GATE_TEXT = "tau = exp(U(1, 3)) ms, s ~ U(0, 100) ms (the authors' code)"
 BASELINE_INPUT_TEXT = "[value, time]"
 
+RATE_AUGMENT = TaskOption(
+    "rate_augment",
+    "thin every training sequence to a random share of its samples, drawn uniformly in "
+    "[LOW, HIGH] (0 < LOW <= HIGH <= 1), for every model; the test sets are untouched",
+    type=share_range_option,
+    metavar="LOW,HIGH",
+)
+
 
 class FrequencyTask(SyntheticTask):
     name = "freq"
@@ -49,6 +67,8 @@ class FrequencyTask(SyntheticTask):
         "highres": "high resolution (0.1 ms)",
         "async": "asynchronous",
     }
+    models = (*MODEL_NAMES, GAP_SCALED)
+    options = (RATE_AUGMENT,)
     mean_steps = {"standard": 70, "highres": 700, "async": 70}
     paper_protocol = (
         "70 epochs of 5000 fresh training examples, 500 test examples, batch 32, 5 seeds "
@@ -63,6 +83,19 @@ class FrequencyTask(SyntheticTask):
         "quick": dict(
             QUICK_PRESET,
             models=["plstm", "lstm", "bnlstm-input"],
+            epochs=10,
+            samples_per_epoch=12800,
+            condition_samples={"highres": 2560},
+        ),
+        # Training for any sampling rate (docs/reproduction.md): the quick budget, trained on
+        # standard and on high-resolution sampling, 3 seeds, every model tested under all three
+        # samplings. Run it once as it is and once with --rate-augment 0.1,1 into another
+        # folder; `phased-lstm rate-shift` puts both into one matrix.
+        "rates": dict(
+            QUICK_PRESET,
+            models=["plstm", "lstm", "bnlstm-input"],
+            conditions=["standard", "highres"],
+            seeds=[1, 2, 3],
             epochs=10,
             samples_per_epoch=12800,
             condition_samples={"highres": 2560},
@@ -86,8 +119,64 @@ class FrequencyTask(SyntheticTask):
             grad_clip=self.gate_clip(config),
         )
 
+    def final_measures(self, config, model, condition, seed, network) -> dict[str, float]:
+        """The trained network's accuracy on the test sets of the other samplings,
+        ``test_<condition>_acc``: the same waves as its own test set (the test stream draws the
+        waves before their sampling), sampled otherwise; in eval mode, batches of
+        ``config.batch_size``."""
+        network.eval()
+        device = next(network.parameters()).device
+        measures = {}
+        for other in self.conditions:
+            if other == condition:
+                continue
+            data = self._fixed_set(other, config.test_samples, seed, self._TEST_STREAM)
+            loader = DataLoader(data, batch_size=config.batch_size, collate_fn=self.collate(model))
+            correct = 0
+            with torch.no_grad():
+                for batch in loader:
+                    *inputs, targets = (tensor.to(device) for tensor in batch)
+                    correct += int((network(*inputs).argmax(-1) == targets).sum())
+            measures[f"test_{other}_acc"] = correct / len(data)
+        return measures
+
+    def shift_tests(self, config) -> dict[str, str]:
+        return {condition: self.condition_titles[condition] for condition in self.conditions}
+
+    def shift_accuracies(self, record) -> dict[str, float]:
+        """The run's own test accuracy (its last epoch's) and those of :meth:`final_measures`;
+        none for a run of a version that did not test under the other samplings."""
+        measures = record.get("measures", {})
+        accuracies = {
+            condition: measures[f"test_{condition}_acc"]
+            for condition in self.conditions
+            if f"test_{condition}_acc" in measures
+        }
+        if accuracies and "test_acc" in record["final"]:
+            accuracies[record["condition"]] = record["final"]["test_acc"]
+        return accuracies
+
     def protocol_lines(self, config) -> list[str]:
-        return model_protocol_lines(FREQUENCY_GATE_TEXT, BASELINE_INPUT_TEXT)
+        lines = model_protocol_lines(FREQUENCY_GATE_TEXT, BASELINE_INPUT_TEXT)
+        if GAP_SCALED in config.models:
+            lines.append(GAP_SCALED_TEXT)
+        augment = augment_of(config)
+        if augment is None:
+            lines.append("- rate augmentation: none (every training sequence keeps its samples)")
+        else:
+            low, high = augment
+            lines.append(
+                f"- rate augmentation (`--rate-augment {low:g},{high:g}`): every training "
+                f"sequence keeps a random share of its samples, drawn uniformly in "
+                f"[{low:g}, {high:g}] (`phased_lstm.data.random_rate`), for every model (the "
+                "baselines read the thinned values and times); the test sets are untouched"
+            )
+        if len(self.conditions) > 1:
+            lines.append(
+                "- after training, every model is also tested under the other samplings (the "
+                "same test waves, sampled otherwise): the rate-shift matrix"
+            )
+        return lines
 
     def tables(self, config, results) -> list[str]:
         def paper(condition: str, model: str) -> str:
@@ -101,7 +190,7 @@ class FrequencyTask(SyntheticTask):
                 return _LSTM_NOTE
             return ""
 
-        return accuracy_table(
+        lines = accuracy_table(
             self,
             config,
             results,
@@ -112,6 +201,8 @@ class FrequencyTask(SyntheticTask):
             paper=paper,
             note=note,
         )
+        matrix = shift_table(self, self.shift_tests(config), shift_rows(self, config, results))
+        return lines + ([""] + matrix if matrix else [])
 
     def figures(self, config, results):
         figures = [("sampling_conditions.png", lambda: sampling_figure(self))]
@@ -127,6 +218,10 @@ class FrequencyTask(SyntheticTask):
                 ),
                 ("learning_curves.png", lambda: learning_curves(self, config, results)),
             ]
+        rows = shift_rows(self, config, results)
+        if rows:
+            tests = self.shift_tests(config)
+            figures.append((FIGURE, lambda: shift_figure(self, tests, rows)))
         return figures
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from phased_lstm.data import two_frequency_task
 
+from ..models import MODEL_NAMES
 from ..tables import accuracy_bars, accuracy_table, learning_curves
 from .base import PAPER_PRESET, QUICK_PRESET
 from .freq import FrequencyTask
@@ -23,6 +24,9 @@ class TwoFrequencyTask(FrequencyTask):
     title = "two-frequency discrimination (fig. 3e)"
     help = "two frequencies (fig. 3e)"
     conditions = ("async",)
+    # One sampling only: no rate-shift matrix, no --rate-augment, no gap-scaled ablation.
+    models = MODEL_NAMES
+    options = ()
     mean_steps = {"async": 550}
     paper_protocol = (
         "as Task 1, asynchronous sampling, 100-1000 points; the authors' script runs 300 epochs"
@@ -39,6 +43,9 @@ class TwoFrequencyTask(FrequencyTask):
         ),
     }
     max_steps = 1000
+
+    def shift_tests(self, config) -> dict[str, str]:
+        return {}
 
     def generate(self, condition, n, rng):
         return two_frequency_task(n, generator=rng)

@@ -5,8 +5,9 @@ one input step. The Phased LSTM reads a learned embedding of the event's address
 polarity) while the event's timestamp drives its time gate, and classifies the digit at its last
 event. Against it: the same embedding read by an LSTM and by the authors' BN-LSTM, with the
 timestamp as an extra input, and a small CNN on the events accumulated into one frame. Training
-keeps each event with probability rho = 0.75; the same trained models are tested at 0.75, 0.4
-and 1.0, and the state updates per neuron per digit are counted at evaluation.
+keeps each event with probability rho = 0.75 (or, with ``--rate-augment LOW,HIGH``, a share
+drawn in [LOW, HIGH]); the same trained models are tested at 0.75, 0.4 and 1.0, and at 0.2 for
+the rate-shift matrix, and the state updates per neuron per digit are counted at evaluation.
 
 The data is N-MNIST-sim by default (synthesised from real MNIST digits, built on first use into
 a cache folder: ``phased-lstm data nmnist-sim``); ``--data ROOT`` reads any folder in N-MNIST's

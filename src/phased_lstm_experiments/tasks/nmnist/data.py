@@ -16,11 +16,21 @@ from phased_lstm.data import (
 )
 
 # The event rates (rho: the share of events kept) of the paper's Table 1: training and the main
-# test set at 0.75 (the one condition), the same models also tested at 0.4 and 1.0.
+# test set at 0.75 (the one condition), the same models also tested at 0.4 and 1.0; and at 0.2,
+# beyond the paper, for the rate-shift matrix.
 TRAINING_RATES = {"rate75": 0.75}
 
 
-EXTRA_TEST_RATES = {"test_rate40": 0.4, "test_rate100": 1.0}
+EXTRA_TEST_RATES = {"test_rate20": 0.2, "test_rate40": 0.4, "test_rate100": 1.0}
+
+# The rate-shift matrix's test conditions: key -> (title, the metric of a run's final record).
+# "rate75" is the training condition's own test set ("test").
+SHIFT_TESTS = {
+    "rate20": ("rho = 0.2", "test_rate20_acc"),
+    "rate40": ("rho = 0.4", "test_rate40_acc"),
+    "rate75": ("rho = 0.75", "test_acc"),
+    "rate100": ("rho = 1.0", "test_rate100_acc"),
+}
 
 
 def data_root_option(text: str) -> str:

@@ -35,11 +35,14 @@ from ...event_models import (
     MultiResolutionEmbedding,
 )
 from ...files import ExperimentError
+from ...gap_scaling import GAP_SCALED, GAP_SCALED_TEXT
 from ...models import ModelSpec, build_model
-from ..base import Task, TaskOption, fraction_option
+from ...rate_shift import augment_of
+from ..base import Task, TaskOption, fraction_option, share_range_option
 from . import report
 from .data import (
     EXTRA_TEST_RATES,
+    SHIFT_TESTS,
     TRAINING_RATES,
     _collate_frames,
     _stream_seed,
@@ -71,7 +74,7 @@ class NMNISTTask(Task):
     help = "event-camera digits, N-MNIST-sim or --data ROOT (Table 1)"
     conditions = tuple(TRAINING_RATES)
     condition_titles = {"rate75": "trained at rho = 0.75"}
-    models = ("plstm", "lstm", "bnlstm-input", "cnn")
+    models = ("plstm", "lstm", "bnlstm-input", "cnn", GAP_SCALED)
     options = (
         TaskOption(
             "data",
@@ -88,6 +91,13 @@ class NMNISTTask(Task):
             type=fraction_option,
             default=1.0,
             metavar="SHARE",
+        ),
+        TaskOption(
+            "rate_augment",
+            "every training digit keeps a random share of its events, drawn uniformly in "
+            "[LOW, HIGH], instead of rho = 0.75, for every model; validation and test untouched",
+            type=share_range_option,
+            metavar="LOW,HIGH",
         ),
     )
     paper_protocol = (
@@ -212,16 +222,29 @@ class NMNISTTask(Task):
         return config.test_samples
 
     @staticmethod
-    def _transform(config, model: str, rate: float, seed: int):
-        subsample = SubsampleEvents(rate * config.options.get("event_share", 1.0), seed=seed)
+    def _transform(config, model: str, rate: float, seed: int, augment: bool = False):
+        """Each digit keeps its events with probability ``rate`` (times ``--event-share``), or,
+        with ``augment`` and ``--rate-augment LOW,HIGH``, a share drawn in [LOW, HIGH] (times
+        ``--event-share``); the CNN then counts them into a frame."""
+        share = config.options.get("event_share", 1.0)
+        keep = augment_of(config) if augment else None
+        if keep is None:
+            subsample = SubsampleEvents(rate * share, seed=seed)
+        else:
+            subsample = SubsampleEvents(share=(keep[0] * share, keep[1] * share), seed=seed)
         return Compose((subsample, ToFrames())) if model == "cnn" else subsample
 
     def train_data(self, config, model, condition, seed, epoch) -> Dataset:
         """The training digits in a new order each epoch (a random subset when
         ``samples_per_epoch`` is smaller than the split), each keeping a new random share rho
-        of its events: both drawn from (seed, epoch), so a resumed run sees the same data."""
+        of its events (a share drawn in ``--rate-augment``'s range, with it): both drawn from
+        (seed, epoch), so a resumed run sees the same data."""
         transform = self._transform(
-            config, model, TRAINING_RATES[condition], _stream_seed(seed, _TRAIN_STREAM, epoch)
+            config,
+            model,
+            TRAINING_RATES[condition],
+            _stream_seed(seed, _TRAIN_STREAM, epoch),
+            augment=True,
         )
         dataset = NMNIST(self.data_root(config), train=True, transform=transform)
         rng = np.random.default_rng(np.random.SeedSequence([seed, _TRAIN_STREAM, epoch]))
@@ -246,10 +269,11 @@ class NMNISTTask(Task):
         return Subset(dataset, held)
 
     def test_data(self, config, model, condition, seed) -> dict[str, Dataset]:
-        """The same ``test_samples`` test digits at the training rate (``"test"``), at 0.4 and
-        at 1.0. The kept events are drawn once per seed, from each recording's content, so
-        every model of a seed sees the same events, and a rate's events include those of every
-        lower rate. Event streams are evaluated in order of length (less padding)."""
+        """The same ``test_samples`` test digits at the training rate (``"test"``), at 0.2, 0.4
+        and 1.0 (never thinned by ``--rate-augment``). The kept events are drawn once per seed,
+        from each recording's content, so every model of a seed sees the same events, and a
+        rate's events include those of every lower rate. Event streams are evaluated in order of
+        length (less padding)."""
         rates = {"test": TRAINING_RATES[condition], **EXTRA_TEST_RATES}
         seed_of_events = _stream_seed(seed, _TEST_STREAM)
         rng = np.random.default_rng(np.random.SeedSequence([seed, _TEST_STREAM]))
@@ -287,7 +311,7 @@ class NMNISTTask(Task):
         if model == "cnn":
             return FrameCNN(spec.num_outputs)
         embedding = MultiResolutionEmbedding()
-        time_unit = 1.0 if model == "plstm" else BASELINE_TIME_UNIT_MS
+        time_unit = 1.0 if model in ("plstm", GAP_SCALED) else BASELINE_TIME_UNIT_MS
         return EventSequenceModel(embedding, build_model(model, spec), time_unit)
 
     def evaluation_metrics(self, network, batch) -> dict[str, tuple[float, float]]:
@@ -321,14 +345,34 @@ class NMNISTTask(Task):
             return {}
         return timings
 
+    # ------------------------------------------------------------------- rate-shift matrix
+    def shift_tests(self, config) -> dict[str, str]:
+        return {key: title for key, (title, _) in SHIFT_TESTS.items()}
+
+    def shift_accuracies(self, record) -> dict[str, float]:
+        final = record["final"]
+        return {key: final[metric] for key, (_, metric) in SHIFT_TESTS.items() if metric in final}
+
+    def training_title(self, condition, augment) -> str:
+        if augment is None:
+            return f"rho = {TRAINING_RATES[condition]:g}"
+        return f"random shares (instead of rho = {TRAINING_RATES[condition]:g})"
+
     # --------------------------------------------------------------------------- report
     def examples_text(self, config) -> str:
-        rates = ", ".join(f"{r:g}" for r in (*TRAINING_RATES.values(), *EXTRA_TEST_RATES.values()))
+        rates = sorted({*TRAINING_RATES.values(), *EXTRA_TEST_RATES.values()})
+        augment = augment_of(config)
+        kept = (
+            f"a new random share rho = {TRAINING_RATES['rate75']:g}"
+            if augment is None
+            else f"a new random share drawn uniformly in [{augment[0]:g}, {augment[1]:g}] "
+            "(`--rate-augment`; validation and test digits untouched)"
+        )
         return (
             f"{config.epochs} epochs of {config.samples_per_epoch} training digits (the training "
-            f"split in a new order each epoch, each digit keeping a new random share rho = "
-            f"{TRAINING_RATES['rate75']:g} of its events), {config.test_samples} test digits at "
-            f"rho = {rates}{_share_text(config)}"
+            f"split in a new order each epoch, each digit keeping {kept} of its events), "
+            f"{config.test_samples} test digits at rho = {', '.join(f'{r:g}' for r in rates)}"
+            f"{_share_text(config)}"
         )
 
     def protocol_lines(self, config) -> list[str]:
@@ -360,13 +404,13 @@ class NMNISTTask(Task):
             f"- inference time: after training, {TIMED_DIGITS} test digits one at a time "
             "(batch 1, no gradients, the run's threads), through the Phased LSTM's dense and "
             "sparse paths interleaved; medians",
-        ]
+        ] + ([GAP_SCALED_TEXT] if GAP_SCALED in config.models else [])
 
     def tables(self, config, results) -> list[str]:
-        return report.tables(config, results)
+        return report.tables(self, config, results)
 
     def figures(self, config, results):
-        return report.figures(config, results)
+        return report.figures(self, config, results)
 
 
 def time_inference(
