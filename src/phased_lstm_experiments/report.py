@@ -109,7 +109,7 @@ def _protocol_lines(
     options = [
         f"- {option.flag}: {config.options.get(option.name)}"
         for option in task.options
-        if option.name in config.options
+        if option.name in config.options and not option.described
     ]
     return [
         "## Protocol actually run",

@@ -234,6 +234,7 @@ def test_freq_end_to_end_then_an_old_folder_resumes_and_refuses_a_change(tmp_pat
     assert [row["rate_augment"] for row in results["rate_shift"]["rows"]] == [None] * 4
     markdown = (out / "results.md").read_text()
     assert "- rate augmentation: none (every training sequence keeps its samples)" in markdown
+    assert "--rate-augment:" not in markdown  # said once, in words, not also as a bare value
     assert "## Rate-shift matrix" in markdown and (out / "rate_shift.png").exists()
     with pytest.raises(SystemExit, match=r"--rate-augment was None, now \[0.5, 1.0\]"):
         run_cli(*args, "--resume", "--rate-augment", "0.5,1", "--out", str(out))

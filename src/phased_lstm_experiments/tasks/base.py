@@ -110,6 +110,8 @@ class TaskOption:
         protocol: runs made with different values are not comparable: ``--resume`` into a
             folder written with another value is refused.
         metavar: how ``--help`` names the value.
+        described: the task's own protocol lines say what the value means, so the report
+            leaves out the plain ``--flag: value`` line.
     """
 
     name: str
@@ -118,6 +120,7 @@ class TaskOption:
     default: Any = None
     protocol: bool = True
     metavar: str | None = None
+    described: bool = False
 
     @property
     def flag(self) -> str:

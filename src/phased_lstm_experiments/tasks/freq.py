@@ -54,6 +54,7 @@ RATE_AUGMENT = TaskOption(
     "[LOW, HIGH] (0 < LOW <= HIGH <= 1), for every model; the test sets are untouched",
     type=share_range_option,
     metavar="LOW,HIGH",
+    described=True,
 )
 
 

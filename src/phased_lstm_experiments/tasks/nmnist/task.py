@@ -98,6 +98,7 @@ class NMNISTTask(Task):
             "[LOW, HIGH], instead of rho = 0.75, for every model; validation and test untouched",
             type=share_range_option,
             metavar="LOW,HIGH",
+            described=True,
         ),
     )
     paper_protocol = (
