@@ -36,21 +36,31 @@ Read in this order: :mod:`.data` (the synthesis), :mod:`.inputs` (what each mode
 users and tests imported from the single module are re-exported here.
 """
 
-from . import data, inputs, report, task
+from . import data, inputs, rate_tests, report, task
 from .data import (
     AUDIO_SOURCES,
     CLASS_SHAPES,
     CLASS_WORDS,
     SPEECH_PHRASES,
     STREAM_CEILING,
+    TEST_SENSORS,
     AudioVideoExamples,
+    Sensors,
     SpeechBank,
     audio_video_examples,
     speech_bank,
 )
-from .inputs import CONDITION_STREAMS, grid_batch, input_size, native_batch
-from .report import TEST_RATE_SET, fusion_tables, streams_figure
-from .task import R_ON, TASK, FusionTask, period_range
+from .inputs import (
+    CONDITION_STREAMS,
+    Standardisation,
+    grid_batch,
+    hold_last,
+    input_size,
+    native_batch,
+)
+from .rate_tests import TEST_RATE_SET
+from .report import fusion_tables, streams_figure
+from .task import R_ON, TASK, FusionTask, period_range, rule_r_on
 
 __all__ = [
     "AUDIO_SOURCES",
@@ -62,18 +72,24 @@ __all__ = [
     "STREAM_CEILING",
     "TASK",
     "TEST_RATE_SET",
+    "TEST_SENSORS",
     "AudioVideoExamples",
     "FusionTask",
+    "Sensors",
     "SpeechBank",
+    "Standardisation",
     "audio_video_examples",
     "data",
     "fusion_tables",
     "grid_batch",
+    "hold_last",
     "input_size",
     "inputs",
     "native_batch",
     "period_range",
+    "rate_tests",
     "report",
+    "rule_r_on",
     "speech_bank",
     "streams_figure",
     "task",
