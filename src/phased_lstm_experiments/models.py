@@ -35,6 +35,9 @@ GATE_CLIP_MODELS = (
 )  # fmt: skip
 # How the baselines read the timestamp (ModelSpec.time_input).
 TIME_INPUTS = ("raw", "scaled", "gap")
+# The classifier's read-out (ModelSpec.readout): the authors' dense layer with a leaky ReLU on
+# the class scores, or a plain dense layer (the read-out of ncps's CfC).
+READOUTS = ("leaky", "linear")
 
 _INIT_STD = 0.1
 _INPUT_GATE_BIAS = -0.1
@@ -62,6 +65,9 @@ class ModelSpec:
             its first gap as the timestamp itself under ``"raw"`` and as 0 otherwise, and
             divides its gaps by ``time_unit`` under ``"scaled"``.
         time_unit: the unit of ``"scaled"``, in the timestamps' units.
+        readout: the classifier's read-out (:data:`READOUTS`): ``"leaky"``, the authors' dense
+            layer with a leaky ReLU on the class scores, or ``"linear"``, the dense layer alone.
+            Regression read-outs are always linear.
         max_steps: longest sequence of the task (per-step statistics of the recurrent BN-LSTM).
         grad_clip: bound on the gradient of the gate pre-activations inside the recurrence
             (Lasagne's ``grad_clipping``, as the authors trained), or ``None``; models not in
@@ -83,6 +89,7 @@ class ModelSpec:
     time_as_input: bool = True
     time_input: str = "raw"
     time_unit: float = 1.0
+    readout: str = "leaky"
     max_steps: int = 1250
     grad_clip: float | None = None
     forget_bias: float = 0.0
@@ -94,16 +101,27 @@ class ModelSpec:
             )
         if not (math.isfinite(self.time_unit) and self.time_unit > 0):
             raise ValueError(f"time_unit must be a positive number, got {self.time_unit!r}")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {', '.join(READOUTS)}, got {self.readout!r}")
 
 
 class SequenceModel(nn.Module):
-    """An encoder followed by the paper's dense read-out on the last valid step."""
+    """An encoder followed by the paper's dense read-out on the last valid step (``leaky``: with
+    a leaky ReLU on the class scores, as the authors' classifier)."""
 
-    def __init__(self, encoder: nn.Module, hidden_size: int, num_outputs: int, classify: bool):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        hidden_size: int,
+        num_outputs: int,
+        classify: bool,
+        leaky: bool = True,
+    ):
         super().__init__()
         self.encoder = encoder
         self.readout = nn.Linear(hidden_size, num_outputs)
         self.classify = classify
+        self.leaky = leaky
 
     def forward(self, values: Tensor, times: Tensor, lengths: Tensor) -> Tensor:
         return self.head(self.encoder(values, times, lengths))
@@ -113,7 +131,9 @@ class SequenceModel(nn.Module):
         out = self.readout(state)
         # The authors' classifier is a dense layer with a leaky ReLU before the softmax; the
         # regression target of the adding task can be negative, so its read-out stays linear.
-        return F.leaky_relu(out) if self.classify else out.squeeze(-1)
+        if not self.classify:
+            return out.squeeze(-1)
+        return F.leaky_relu(out) if self.leaky else out
 
 
 class PhasedLSTMEncoder(nn.Module):
@@ -499,4 +519,6 @@ def build_model(name: str, spec: ModelSpec) -> SequenceModel:
     :data:`PLSTM_FIXED_R_ON`) for a task described by ``spec``."""
     if name not in _ENCODERS:
         raise ValueError(f"model must be one of {', '.join(_ENCODERS)}, got {name!r}")
-    return SequenceModel(_ENCODERS[name](spec), spec.hidden_size, spec.num_outputs, spec.classify)
+    encoder = _ENCODERS[name](spec)
+    leaky = spec.readout == "leaky"
+    return SequenceModel(encoder, spec.hidden_size, spec.num_outputs, spec.classify, leaky)

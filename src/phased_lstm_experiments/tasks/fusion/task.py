@@ -120,6 +120,7 @@ FORGET_BIAS = TaskOption(
     type=finite_option,
     default=1.0,
     metavar="B",
+    described=True,
 )
 FEATURES_OPTION = TaskOption(
     "features",
@@ -165,6 +166,11 @@ PERIODS = TaskOption(
 # numbers are in docs/reproduction.md).
 FIRST_PROTOCOL = {"features": "raw", "r_on": R_ON, "learn_r_on": True, "periods": "rule"}
 PHASED_MODELS = ("plstm", PLSTM_INPUT_BN, PLSTM_LEARNED_R_ON, PLSTM_FIXED_R_ON)
+_ABLATIONS = {
+    PLSTM_INPUT_BN: "its input batch-normalised over batch and time, as the BN-LSTM's",
+    PLSTM_LEARNED_R_ON: "learning its open ratio from the same start, whatever --learn-r-on says",
+    PLSTM_FIXED_R_ON: "its open ratio kept at its initial value, whatever --learn-r-on says",
+}
 BASELINES = ("lstm", "bnlstm-input")
 
 
@@ -373,12 +379,11 @@ class FusionTask(Task):
                 else "raw, as the sensors give them (only the input-BN rows normalise them)"
             ),
         )
-        if any(m in config.models for m in (PLSTM_INPUT_BN, PLSTM_LEARNED_R_ON)):
-            lines.append(
-                f"- ablations: `{PLSTM_INPUT_BN}` the Phased LSTM with its input batch-normalised "
-                f"over batch and time as the BN-LSTM's; `{PLSTM_LEARNED_R_ON}` the Phased LSTM "
-                "learning its open ratio from the same start"
-            )
+        ablations = [
+            f"`{model}` {text}" for model, text in _ABLATIONS.items() if model in config.models
+        ]
+        if ablations:
+            lines.append("- ablations of the Phased LSTM: " + "; ".join(ablations))
         tests = ", ".join(title for title, _, _ in TEST_SENSORS.values())
         return lines + [
             f"- test sets: the fixed test utterances as trained (audio 100 Hz, video 25 Hz), and "
