@@ -356,7 +356,8 @@ def test_cli_end_to_end(tmp_path):
     markdown = (out / "results.md").read_text()
     assert "# Phased LSTM reproduction: multi-rate sensor fusion" in markdown
     accuracy = results["runs"]["plstm-fused-seed1"]["final"]["test_acc"]
-    [row] = [r for r in markdown.splitlines() if r.startswith("| audio + video | Phased LSTM |")]
+    main_table = markdown.split("## Accuracy change under sensors")[0]
+    [row] = [r for r in main_table.splitlines() if r.startswith("| audio + video | Phased LSTM |")]
     assert f"| {100 * accuracy:.1f} (1 seed) |" in row
     assert "Fusion beats each stream alone" in markdown
     for name in ("streams.png", "accuracy_bars.png", "learning_curves.png", "metrics.csv"):
