@@ -466,8 +466,8 @@ def test_espeak_phrases_as_the_audio_stream():
 @pytest.mark.parametrize(
     ("flag", "text", "expected"),
     [
-        ("--r-on", "2", "expected a number in (0, 1], got '2'"),
-        ("--r-on", "0", "expected a number in (0, 1], got '0'"),
+        ("--r-on", "2", "expected rule or a number in (0, 1], got '2'"),
+        ("--r-on", "0", "expected rule or a number in (0, 1], got '0'"),
         ("--forget-bias", "nan", "expected a finite number, got 'nan'"),
         ("--forget-bias", "one", "expected a finite number, got 'one'"),
     ],

@@ -373,7 +373,7 @@ def test_presets():
     ("flag", "text", "expected"),
     [
         ("--features", "zscore", "expected one of standardised, raw; got 'zscore'"),
-        ("--r-on", "always", "expected a number in (0, 1], got 'always'"),
+        ("--r-on", "always", "expected rule or a number in (0, 1], got 'always'"),
         ("--periods", "50", "expected rule, or LOW,HIGH in ms such as 50,600; got '50'"),
         ("--periods", "600,50", "expected 0 < LOW <= HIGH, finite; got '600,50'"),
         ("--learn-r-on", "maybe", "expected yes or no; got 'maybe'"),

@@ -75,7 +75,14 @@ def period_range(
 
 def _r_on_option(text: str) -> float | str:
     """``--r-on``: ``rule`` or a number in (0, 1]."""
-    return text if text == "rule" else fraction_option(text)
+    if text == "rule":
+        return text
+    try:
+        return fraction_option(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected rule or a number in (0, 1], got {text!r}"
+        ) from None
 
 
 def _periods_option(text: str) -> str | list[float]:
