@@ -301,6 +301,7 @@ def test_the_ablations_are_listed_beside_the_targets():
         markdown
     )
     assert "Phased LSTM, fixed r_on: 60.0%, 3.0 epochs to 90%, largest loss -2.0 points" in markdown
+    assert "(not reached counts as 3 epochs)." in markdown
 
 
 # The presets, the options and old folders --------------------------------------------------------

@@ -249,7 +249,9 @@ def _ablation_lines(config, final, speed, changes) -> list[str]:
 
     return [
         "- Ablations of the Phased LSTM (audio + video; where a target above is missed, the "
-        "row that meets it says which setting explains it): " + "; ".join(map(text, rows)) + "."
+        "row that meets it says which setting explains it): "
+        + "; ".join(map(text, rows))
+        + f" (not reached counts as {config.epochs + 1} epochs)."
     ]
 
 
