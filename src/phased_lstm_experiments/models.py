@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from phased_lstm import PhasedLSTM
 from phased_lstm.ops import recurrence
 
+from .cfc import CfCEncoder
 from .gap_scaling import GAP_SCALED, GapScaledInput
 
 MODEL_NAMES = ("plstm", "lstm", "bnlstm-input", "bnlstm", "cfc")
@@ -418,45 +419,6 @@ class RecurrentBNLSTMEncoder(nn.Module):
 
     def forward(self, values: Tensor, times: Tensor, lengths: Tensor) -> Tensor:
         return self.rnn(baseline_input(values, times, self.spec), lengths)
-
-
-class CfCEncoder(nn.Module):
-    """CfC (Hasani et al. 2022) from the ``ncps`` package, fed the values and the time gaps.
-
-    ncps 1.0.1's sequence module squeezes per-sample gaps ``(N, L)`` into a shape that does not
-    broadcast against the state, so its cell is driven here in a loop, one ``(N, 1)`` gap per
-    step. The gap of the first step is its own timestamp (the time since 0) under
-    ``spec.time_input == "raw"``, as this encoder always fed it before the option existed, and
-    0 otherwise; ``"scaled"`` divides every gap by ``spec.time_unit``.
-    """
-
-    def __init__(self, spec: ModelSpec):
-        super().__init__()
-        try:
-            from ncps.torch import CfCCell
-        except ImportError:
-            raise SystemExit(
-                "the cfc model needs the ncps package: pip install phased-lstm[cfc]"
-            ) from None
-        self.hidden_size = spec.hidden_size
-        self.spec = spec
-        self.cell = CfCCell(spec.input_size, spec.hidden_size)
-
-    def forward(self, values: Tensor, times: Tensor, lengths: Tensor) -> Tensor:
-        gaps = self.gaps(times).to(values.dtype)
-        mask = step_mask(lengths, values.shape[1])
-        h = values.new_zeros(values.shape[0], self.hidden_size)
-        for step in range(values.shape[1]):
-            h_new, _ = self.cell(values[:, step], h, gaps[:, step : step + 1])
-            h = torch.where(mask[step].unsqueeze(-1), h_new, h)
-        return h
-
-    def gaps(self, times: Tensor) -> Tensor:
-        """The time each step integrates over, ``(N, L)`` in the dtype of ``times``."""
-        if self.spec.time_input == "raw":
-            return torch.diff(times, dim=1, prepend=torch.zeros_like(times[:, :1]))
-        gaps = torch.diff(times, dim=1, prepend=times[:, :1])
-        return gaps / self.spec.time_unit if self.spec.time_input == "scaled" else gaps
 
 
 def step_mask(lengths: Tensor, steps: int) -> Tensor:
