@@ -173,13 +173,14 @@ class ExperimentConfig:
 
 def protocol_of(data: dict, task: Task | None) -> dict[str, Any]:
     """:meth:`ExperimentConfig.protocol` of a ``config.json`` as read from disk: fields that an
-    older version did not write read as what it did, other missing ones as ``None``. ``task``
-    is the experiment ``data`` names (``None`` for one this version does not know)."""
+    older version did not write read as what it did, other missing ones as ``None``, and a
+    missing task option as its ``legacy`` value. ``task`` is the experiment ``data`` names
+    (``None`` for one this version does not know)."""
     data = {**_LEGACY_DEFAULTS, **data}
     values = {name: data.get(name) for name in PROTOCOL_FIELDS}
     for option in task.options if task is not None else ():
         if option.protocol:
-            values[option.flag] = data.get("options", {}).get(option.name)
+            values[option.flag] = data.get("options", {}).get(option.name, option.legacy)
     return values
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -19,11 +19,26 @@ from torch import Tensor, nn
 from phased_lstm import PhasedLSTM
 from phased_lstm.ops import recurrence
 
+from .cfc import CfCEncoder
 from .gap_scaling import GAP_SCALED, GapScaledInput
 
 MODEL_NAMES = ("plstm", "lstm", "bnlstm-input", "bnlstm", "cfc")
+# Ablations of the Phased LSTM, offered by the tasks that compare them (the fusion task): its
+# input batch-normalised over batch and time as bnlstm-input's is, and its open ratio learned,
+# or kept at its initial value, whatever the task's setting (ModelSpec.learn_r_on).
+PLSTM_INPUT_BN = "plstm-input-bn"
+PLSTM_LEARNED_R_ON = "plstm-learned-r-on"
+PLSTM_FIXED_R_ON = "plstm-fixed-r-on"
 # Models whose recurrence clips the gradient of its gate pre-activations (ModelSpec.grad_clip).
-GATE_CLIP_MODELS = ("plstm", "lstm", "bnlstm-input", "bnlstm", GAP_SCALED)
+GATE_CLIP_MODELS = (
+    "plstm", "lstm", "bnlstm-input", "bnlstm", GAP_SCALED, PLSTM_INPUT_BN, PLSTM_LEARNED_R_ON,
+    PLSTM_FIXED_R_ON,
+)  # fmt: skip
+# How the baselines read the timestamp (ModelSpec.time_input).
+TIME_INPUTS = ("raw", "scaled", "gap")
+# The classifier's read-out (ModelSpec.readout): the authors' dense layer with a leaky ReLU on
+# the class scores, or a plain dense layer (the read-out of ncps's CfC).
+READOUTS = ("leaky", "linear")
 
 _INIT_STD = 0.1
 _INPUT_GATE_BIAS = -0.1
@@ -44,6 +59,16 @@ class ModelSpec:
             parameters learnable).
         r_on: the Phased LSTM's initial open ratio (0.05 in the paper's tasks).
         time_as_input: the baselines read the timestamp as an extra input channel.
+        time_input: what that channel holds (:data:`TIME_INPUTS`): ``"raw"`` the timestamp as
+            it is, as the authors fed it; ``"scaled"`` the timestamp divided by ``time_unit``;
+            ``"gap"`` the time since the sample's predecessor (0 at a sequence's first
+            sample). CfC, which reads the time only as the gap its cell integrates over, takes
+            its first gap as the timestamp itself under ``"raw"`` and as 0 otherwise, and
+            divides its gaps by ``time_unit`` under ``"scaled"``.
+        time_unit: the unit of ``"scaled"``, in the timestamps' units.
+        readout: the classifier's read-out (:data:`READOUTS`): ``"leaky"``, the authors' dense
+            layer with a leaky ReLU on the class scores, or ``"linear"``, the dense layer alone.
+            Regression read-outs are always linear.
         max_steps: longest sequence of the task (per-step statistics of the recurrent BN-LSTM).
         grad_clip: bound on the gradient of the gate pre-activations inside the recurrence
             (Lasagne's ``grad_clipping``, as the authors trained), or ``None``; models not in
@@ -63,19 +88,41 @@ class ModelSpec:
     learn_r_on: bool = True
     r_on: float = 0.05
     time_as_input: bool = True
+    time_input: str = "raw"
+    time_unit: float = 1.0
+    readout: str = "leaky"
     max_steps: int = 1250
     grad_clip: float | None = None
     forget_bias: float = 0.0
 
+    def __post_init__(self):
+        if self.time_input not in TIME_INPUTS:
+            raise ValueError(
+                f"time_input must be one of {', '.join(TIME_INPUTS)}, got {self.time_input!r}"
+            )
+        if not (math.isfinite(self.time_unit) and self.time_unit > 0):
+            raise ValueError(f"time_unit must be a positive number, got {self.time_unit!r}")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {', '.join(READOUTS)}, got {self.readout!r}")
+
 
 class SequenceModel(nn.Module):
-    """An encoder followed by the paper's dense read-out on the last valid step."""
+    """An encoder followed by the paper's dense read-out on the last valid step (``leaky``: with
+    a leaky ReLU on the class scores, as the authors' classifier)."""
 
-    def __init__(self, encoder: nn.Module, hidden_size: int, num_outputs: int, classify: bool):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        hidden_size: int,
+        num_outputs: int,
+        classify: bool,
+        leaky: bool = True,
+    ):
         super().__init__()
         self.encoder = encoder
         self.readout = nn.Linear(hidden_size, num_outputs)
         self.classify = classify
+        self.leaky = leaky
 
     def forward(self, values: Tensor, times: Tensor, lengths: Tensor) -> Tensor:
         return self.head(self.encoder(values, times, lengths))
@@ -85,14 +132,19 @@ class SequenceModel(nn.Module):
         out = self.readout(state)
         # The authors' classifier is a dense layer with a leaky ReLU before the softmax; the
         # regression target of the adding task can be negative, so its read-out stays linear.
-        return F.leaky_relu(out) if self.classify else out.squeeze(-1)
+        if not self.classify:
+            return out.squeeze(-1)
+        return F.leaky_relu(out) if self.leaky else out
 
 
 class PhasedLSTMEncoder(nn.Module):
-    """The Phased LSTM reads the values; the timestamps drive its time gate only."""
+    """The Phased LSTM reads the values; the timestamps drive its time gate only. With
+    ``input_norm``, the values are first batch-normalised over batch and time
+    (:class:`MaskedBatchNorm`), as the authors' BN-LSTM normalised its input."""
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, input_norm: bool = False):
         super().__init__()
+        self.input_norm = MaskedBatchNorm(spec.input_size) if input_norm else None
         self.rnn = PhasedLSTM(
             spec.input_size,
             spec.hidden_size,
@@ -107,6 +159,8 @@ class PhasedLSTMEncoder(nn.Module):
         authors_init(self.rnn, suffix="_l0", forget_bias=spec.forget_bias)
 
     def forward(self, values: Tensor, times: Tensor, lengths: Tensor) -> Tensor:
+        if self.input_norm is not None:
+            values = self.input_norm(values, lengths)
         _, (h_n, _) = self.rnn(values, times, lengths=lengths)
         return h_n[-1]
 
@@ -205,12 +259,12 @@ class LSTMEncoder(nn.Module):
     def __init__(self, spec: ModelSpec, input_norm: bool):
         super().__init__()
         features = spec.input_size + int(spec.time_as_input)
-        self.time_as_input = spec.time_as_input
+        self.spec = spec
         self.input_norm = MaskedBatchNorm(features) if input_norm else None
         self.rnn = PeepholeLSTM(features, spec.hidden_size, spec.grad_clip, spec.forget_bias)
 
     def forward(self, values: Tensor, times: Tensor, lengths: Tensor) -> Tensor:
-        x = baseline_input(values, times, self.time_as_input)
+        x = baseline_input(values, times, self.spec)
         if self.input_norm is not None:
             x = self.input_norm(x, lengths)
         return self.rnn(x, lengths)
@@ -357,44 +411,14 @@ class RecurrentBNLSTM(_LSTMWeights):
 class RecurrentBNLSTMEncoder(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
-        self.time_as_input = spec.time_as_input
+        self.spec = spec
         features = spec.input_size + int(spec.time_as_input)
         self.rnn = RecurrentBNLSTM(
             features, spec.hidden_size, spec.max_steps, spec.grad_clip, spec.forget_bias
         )
 
     def forward(self, values: Tensor, times: Tensor, lengths: Tensor) -> Tensor:
-        return self.rnn(baseline_input(values, times, self.time_as_input), lengths)
-
-
-class CfCEncoder(nn.Module):
-    """CfC (Hasani et al. 2022) from the ``ncps`` package, fed the values and the time gaps.
-
-    ncps 1.0.1's sequence module squeezes per-sample gaps ``(N, L)`` into a shape that does not
-    broadcast against the state, so its cell is driven here in a loop, one ``(N, 1)`` gap per
-    step. The gap of the first step is its own timestamp (the time since 0).
-    """
-
-    def __init__(self, spec: ModelSpec):
-        super().__init__()
-        try:
-            from ncps.torch import CfCCell
-        except ImportError:
-            raise SystemExit(
-                "the cfc model needs the ncps package: pip install phased-lstm[cfc]"
-            ) from None
-        self.hidden_size = spec.hidden_size
-        self.cell = CfCCell(spec.input_size, spec.hidden_size)
-
-    def forward(self, values: Tensor, times: Tensor, lengths: Tensor) -> Tensor:
-        gaps = torch.diff(times, dim=1, prepend=torch.zeros_like(times[:, :1]))
-        gaps = gaps.to(values.dtype)
-        mask = step_mask(lengths, values.shape[1])
-        h = values.new_zeros(values.shape[0], self.hidden_size)
-        for step in range(values.shape[1]):
-            h_new, _ = self.cell(values[:, step], h, gaps[:, step : step + 1])
-            h = torch.where(mask[step].unsqueeze(-1), h_new, h)
-        return h
+        return self.rnn(baseline_input(values, times, self.spec), lengths)
 
 
 def step_mask(lengths: Tensor, steps: int) -> Tensor:
@@ -402,11 +426,24 @@ def step_mask(lengths: Tensor, steps: int) -> Tensor:
     return torch.arange(steps, device=lengths.device).unsqueeze(1) < lengths
 
 
-def baseline_input(values: Tensor, times: Tensor, time_as_input: bool) -> Tensor:
-    """``[value, time]`` per step, as the authors fed their LSTM baselines."""
-    if not time_as_input:
+def time_channel(times: Tensor, spec: ModelSpec) -> Tensor:
+    """The time a baseline reads beside the values, per step ``(N, L)`` in the dtype of
+    ``times``: the timestamp, scaled by ``spec.time_unit``, or the gap since the step before
+    (0 at the first step), as ``spec.time_input`` says."""
+    if spec.time_input == "gap":
+        return torch.diff(times, dim=1, prepend=times[:, :1])
+    if spec.time_input == "scaled":
+        return times / spec.time_unit
+    return times
+
+
+def baseline_input(values: Tensor, times: Tensor, spec: ModelSpec) -> Tensor:
+    """``[value, time]`` per step (:func:`time_channel`), as the authors fed their LSTM
+    baselines; the values alone when ``spec.time_as_input`` is off."""
+    if not spec.time_as_input:
         return values
-    return torch.cat([values, times.to(values.dtype).unsqueeze(-1)], dim=-1)
+    channel = time_channel(times, spec).to(values.dtype).unsqueeze(-1)
+    return torch.cat([values, channel], dim=-1)
 
 
 def authors_init(module: nn.Module, suffix: str = "", forget_bias: float = 0.0) -> None:
@@ -426,6 +463,9 @@ def authors_init(module: nn.Module, suffix: str = "", forget_bias: float = 0.0) 
 
 _ENCODERS: dict[str, Callable[[ModelSpec], nn.Module]] = {
     "plstm": PhasedLSTMEncoder,
+    PLSTM_INPUT_BN: lambda spec: PhasedLSTMEncoder(spec, input_norm=True),
+    PLSTM_LEARNED_R_ON: lambda spec: PhasedLSTMEncoder(replace(spec, learn_r_on=True)),
+    PLSTM_FIXED_R_ON: lambda spec: PhasedLSTMEncoder(replace(spec, learn_r_on=False)),
     "lstm": lambda spec: LSTMEncoder(spec, input_norm=False),
     "bnlstm-input": lambda spec: LSTMEncoder(spec, input_norm=True),
     "bnlstm": RecurrentBNLSTMEncoder,
@@ -436,8 +476,11 @@ _ENCODERS: dict[str, Callable[[ModelSpec], nn.Module]] = {
 
 
 def build_model(name: str, spec: ModelSpec) -> SequenceModel:
-    """The model called ``name`` (one of :data:`MODEL_NAMES`, or ``"plstm-gapscaled"``) for a
-    task described by ``spec``."""
+    """The model called ``name`` (one of :data:`MODEL_NAMES`, or an ablation:
+    ``"plstm-gapscaled"``, :data:`PLSTM_INPUT_BN`, :data:`PLSTM_LEARNED_R_ON`,
+    :data:`PLSTM_FIXED_R_ON`) for a task described by ``spec``."""
     if name not in _ENCODERS:
         raise ValueError(f"model must be one of {', '.join(_ENCODERS)}, got {name!r}")
-    return SequenceModel(_ENCODERS[name](spec), spec.hidden_size, spec.num_outputs, spec.classify)
+    encoder = _ENCODERS[name](spec)
+    leaky = spec.readout == "leaky"
+    return SequenceModel(encoder, spec.hidden_size, spec.num_outputs, spec.classify, leaky)

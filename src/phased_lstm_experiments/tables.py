@@ -25,6 +25,9 @@ MODEL_TITLES = {
     "cfc": "CfC (ncps)",
     "cnn": "CNN (event frames)",
     "plstm-gapscaled": "Phased LSTM, input scaled by its time gap",
+    "plstm-input-bn": "Phased LSTM, input BN",
+    "plstm-learned-r-on": "Phased LSTM, learned r_on",
+    "plstm-fixed-r-on": "Phased LSTM, fixed r_on",
 }
 COLORS = {
     "plstm": "tab:red",
@@ -34,6 +37,9 @@ COLORS = {
     "cfc": "tab:green",
     "cnn": "tab:olive",
     "plstm-gapscaled": "tab:orange",
+    "plstm-input-bn": "tab:purple",
+    "plstm-learned-r-on": "tab:pink",
+    "plstm-fixed-r-on": "tab:brown",
 }
 
 

@@ -223,7 +223,7 @@ def test_freq_end_to_end_then_an_old_folder_resumes_and_refuses_a_change(tmp_pat
     run_cli(*args, "--out", str(out))
     # As the version before --rate-augment wrote it: a freq folder had no options at all.
     config = json.loads((out / "config.json").read_text())
-    assert config["options"] == {"rate_augment": None}
+    assert config["options"] == {"rate_augment": None, "baseline_time": "raw", "readout": "paper"}
     del config["options"]
     (out / "config.json").write_text(json.dumps(config))
     run_cli(*args, "--resume", "--epochs", "2", "--out", str(out))
@@ -245,7 +245,8 @@ def test_freq_augmented_run_records_its_range(tmp_path):
     out = tmp_path / "augmented"
     run_cli("freq", "--condition", "highres", "--models", "plstm,plstm-gapscaled", *TINY,
             "--rate-augment", "0.1,1", "--out", str(out))  # fmt: skip
-    assert json.loads((out / "config.json").read_text())["options"] == {"rate_augment": [0.1, 1.0]}
+    options = json.loads((out / "config.json").read_text())["options"]
+    assert options == {"rate_augment": [0.1, 1.0], "baseline_time": "raw", "readout": "paper"}
     results = read_results(out)
     assert [row["rate_augment"] for row in results["rate_shift"]["rows"]] == [[0.1, 1.0]] * 2
     markdown = (out / "results.md").read_text()

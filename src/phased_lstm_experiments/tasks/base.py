@@ -112,6 +112,9 @@ class TaskOption:
         metavar: how ``--help`` names the value.
         described: the task's own protocol lines say what the value means, so the report
             leaves out the plain ``--flag: value`` line.
+        legacy: what a folder written before the option existed ran with: its ``config.json``
+            has no value, and ``--resume`` compares this one (``None`` by default). Read the
+            value of a config through :meth:`value`, which falls back on it.
     """
 
     name: str
@@ -121,6 +124,12 @@ class TaskOption:
     protocol: bool = True
     metavar: str | None = None
     described: bool = False
+    legacy: Any = None
+
+    def value(self, config: ExperimentConfig) -> Any:
+        """The option's value in ``config``, :attr:`legacy` where it has none (a configuration
+        read from the ``config.json`` of an older version)."""
+        return config.options.get(self.name, self.legacy)
 
     @property
     def flag(self) -> str:

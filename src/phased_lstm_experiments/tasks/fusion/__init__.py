@@ -23,34 +23,53 @@ of jitter and a clock offset of up to 20 ms between the two.
 The Phased LSTM reads the two streams merged at their own timestamps
 (:func:`phased_lstm.data.merge_stream_batch`); the LSTM and the BN-LSTM read them resampled on a
 100 Hz grid, each stream holding its latest value (the usual way to feed a fixed-step network).
-Conditions: both streams ("fused"), the audio alone, the video alone. A second test set shows
-the same test utterances filmed at 30 Hz, to which no model was trained.
+With ``--features standardised`` (the paper preset) every model reads each sensor's features as
+z-scores from the statistics of the run's first training epoch; the Phased LSTM's time gate
+starts from the README's rule (``--r-on rule``: r_on = max(0.05, 2 / N) on the merged stream,
+periods from ``suggest_period_range``), and its ablations are rows of their own
+(``plstm-input-bn``, ``plstm-learned-r-on``, ``plstm-fixed-r-on``). The quick preset keeps the
+first protocol (raw features, r_on 0.2 learned). Conditions: both streams ("fused"), the audio
+alone, the video alone. The same test utterances are also recorded by sensors to which no
+model was trained (``TEST_SENSORS``): video at 30 Hz (evaluated after every epoch) and at 15 Hz,
+audio features at 80 and 125 Hz (another hop), and clocks with more jitter (once, after
+training); the report gives each model's change of accuracy with its standard error over seeds.
 
 ``--audio espeak`` (where the espeak-ng synthesiser is installed) replaces the bursts by five
 short commands spoken by espeak-ng in 27 voices, speeds and pitches, turned into real MFCCs
 (:mod:`phased_lstm_experiments.speech`) and fitted to the utterance (spoken about twice as fast
 as espeak-ng says them); the rest is unchanged.
 
-Read in this order: :mod:`.data` (the synthesis), :mod:`.inputs` (what each model reads),
-:mod:`.task` (the task the runner calls), :mod:`.report` (the tables and figures). The names
+Read in this order: :mod:`.data` (the synthesis and the sensors), :mod:`.inputs` (what each model
+reads), :mod:`.task` (the task the runner calls), :mod:`.rate_tests` (the changes under the test
+sensors), :mod:`.report` (the tables and figures). The names
 users and tests imported from the single module are re-exported here.
 """
 
-from . import data, inputs, report, task
+from . import data, inputs, rate_tests, report, task
 from .data import (
     AUDIO_SOURCES,
     CLASS_SHAPES,
     CLASS_WORDS,
     SPEECH_PHRASES,
     STREAM_CEILING,
+    TEST_SENSORS,
     AudioVideoExamples,
+    Sensors,
     SpeechBank,
     audio_video_examples,
     speech_bank,
 )
-from .inputs import CONDITION_STREAMS, grid_batch, input_size, native_batch
-from .report import TEST_RATE_SET, fusion_tables, streams_figure
-from .task import R_ON, TASK, FusionTask, period_range
+from .inputs import (
+    CONDITION_STREAMS,
+    Standardisation,
+    grid_batch,
+    hold_last,
+    input_size,
+    native_batch,
+)
+from .rate_tests import TEST_RATE_SET
+from .report import fusion_tables, streams_figure
+from .task import R_ON, TASK, FusionTask, period_range, rule_r_on
 
 __all__ = [
     "AUDIO_SOURCES",
@@ -62,18 +81,24 @@ __all__ = [
     "STREAM_CEILING",
     "TASK",
     "TEST_RATE_SET",
+    "TEST_SENSORS",
     "AudioVideoExamples",
     "FusionTask",
+    "Sensors",
     "SpeechBank",
+    "Standardisation",
     "audio_video_examples",
     "data",
     "fusion_tables",
     "grid_batch",
+    "hold_last",
     "input_size",
     "inputs",
     "native_batch",
     "period_range",
+    "rate_tests",
     "report",
+    "rule_r_on",
     "speech_bank",
     "streams_figure",
     "task",

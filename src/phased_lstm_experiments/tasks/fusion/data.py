@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import functools
 import itertools
+import math
 
 import numpy as np
 
@@ -57,11 +58,35 @@ _UTTERANCE_MS = (400.0, 600.0)
 _SILENCE_MS = (25.0, 125.0)
 _START_MS = (0.0, 1000.0)
 _WARP = 0.5  # t = D (u + g sin(2 pi u) / (2 pi)), g ~ U(-0.5, 0.5): monotone for |g| < 1
-_AUDIO_JITTER_MS = 1.0
-_VIDEO_JITTER_MS = 3.0
+AUDIO_JITTER_MS = 1.0
+VIDEO_JITTER_MS = 3.0
 _VIDEO_OFFSET_MS = 20.0
 _AUDIO_NOISE = 0.3  # on each coefficient, whose typical spread is ~1
 _VIDEO_NOISE = 0.05  # on each landmark, against a mouth ~1 wide and up to ~0.5 open
+
+
+@dataclasses.dataclass(frozen=True)
+class Sensors:
+    """How the two sensors sample an utterance: their frame rates (frames per second) and the
+    jitter of their clocks (each frame taken up to that many ms before or after its tick, and
+    stamped with the time it was taken). The defaults are the training sensors."""
+
+    audio_rate: float = AUDIO_RATE
+    video_rate: float = VIDEO_RATE
+    audio_jitter: float = AUDIO_JITTER_MS
+    video_jitter: float = VIDEO_JITTER_MS
+
+    def __post_init__(self):
+        for name in ("audio", "video"):
+            rate, jitter = getattr(self, f"{name}_rate"), getattr(self, f"{name}_jitter")
+            if not (math.isfinite(rate) and rate > 0):
+                raise ValueError(f"{name}_rate must be a positive number of Hz, got {rate!r}")
+            # Less than half a step: a frame never passes its neighbours, time keeps its order.
+            if not 0 <= jitter < 500.0 / rate:
+                raise ValueError(
+                    f"{name}_jitter must be in [0, {500.0 / rate:g}) ms (half the time between "
+                    f"frames at {rate:g} Hz, so that frames keep their order), got {jitter!r}"
+                )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,33 +109,55 @@ class AudioVideoExamples:
         return [list(sample) for sample in zip(*chosen, strict=True)]
 
 
+TRAINING_SENSORS = Sensors()
+# The test sensors to which no model is trained: key -> (title, sensors, the streams they change).
+# The baselines' grid ticks at 100 Hz whatever the sensors do (each stream holding its last
+# value); the Phased LSTMs read every frame at its own time. Jitter below half a step keeps the
+# frames of a stream in order.
+TEST_SENSORS = {
+    "video30": ("video at 30 Hz", Sensors(video_rate=TEST_VIDEO_RATE), ("video",)),
+    "video15": ("video at 15 Hz", Sensors(video_rate=15.0), ("video",)),
+    "audio80": ("audio at 80 Hz", Sensors(audio_rate=80.0), ("audio",)),
+    "audio125": ("audio at 125 Hz", Sensors(audio_rate=125.0), ("audio",)),
+    "jitter": (
+        "jittered clocks (audio ±4 ms, video ±15 ms)",
+        Sensors(audio_jitter=4.0, video_jitter=15.0),
+        ("audio", "video"),
+    ),
+}
+
+
 def audio_video_examples(
     n: int,
     seed: int | list[int],
     *,
-    video_rate: float = VIDEO_RATE,
     labels: np.ndarray | None = None,
     audio: str = "synthetic",
+    sensors: Sensors = TRAINING_SENSORS,
 ) -> AudioVideoExamples:
     """``n`` synthetic utterances (module docstring), drawn from ``seed`` (an int or a list of
     ints, the entropy of a ``numpy.random.SeedSequence``).
 
     The utterances, the audio sensor and the video sensor draw from three independent streams
-    of ``seed``: the same seed at another ``video_rate`` (frames per second) gives the same
-    utterances and the same audio, filmed at that rate. ``labels`` forces the classes (else
-    uniform over the ten). ``audio="espeak"`` replaces the bursts by one of five phrases
-    spoken by espeak-ng (:func:`speech_bank`), fitted to the utterance's duration.
+    of ``seed``: the same seed under other ``sensors`` (:class:`Sensors`: the frame rates and
+    the jitter of the clocks) gives the same utterances, each stream sampled otherwise, and a
+    stream whose sensor did not change stays the same. ``labels`` forces the classes (else
+    uniform over the ten). ``audio="espeak"`` replaces the bursts by one of five phrases spoken
+    by espeak-ng (:func:`speech_bank`), fitted to the utterance's duration.
     """
     if audio not in AUDIO_SOURCES:
         raise ValueError(f"audio must be one of {', '.join(AUDIO_SOURCES)}, got {audio!r}")
+    if not isinstance(sensors, Sensors):
+        raise TypeError(f"sensors must be a Sensors, got {type(sensors).__name__}")
     bank = speech_bank() if audio == "espeak" else None
     latent_seed, audio_seed, video_seed = np.random.SeedSequence(seed).spawn(3)
     utterances = _Utterances.draw(np.random.default_rng(latent_seed), n, labels, bank)
+    audio_rng = np.random.default_rng(audio_seed)
     if bank is None:
-        audio_stream = _record_audio(utterances, np.random.default_rng(audio_seed))
+        audio_stream = _record_audio(utterances, audio_rng, sensors)
     else:
-        audio_stream = _record_speech(utterances, np.random.default_rng(audio_seed), bank)
-    video = _film_video(utterances, np.random.default_rng(video_seed), video_rate)
+        audio_stream = _record_speech(utterances, audio_rng, bank, sensors)
+    video = _film_video(utterances, np.random.default_rng(video_seed), sensors)
     return AudioVideoExamples(utterances.labels, audio_stream, video)
 
 
@@ -216,9 +263,12 @@ def _rows(times: np.ndarray, values: np.ndarray, counts: np.ndarray) -> list[tup
     ]
 
 
-def _record_audio(utterances: _Utterances, rng: np.random.Generator) -> list[tuple]:
-    """13 MFCC-like coefficients every 10 ms: the DCT of a 26-band log spectrum."""
-    times, counts = _frame_times(utterances, rng, AUDIO_RATE, _AUDIO_JITTER_MS)
+def _record_audio(
+    utterances: _Utterances, rng: np.random.Generator, sensors: Sensors
+) -> list[tuple]:
+    """13 MFCC-like coefficients per frame (every 10 ms at 100 Hz; the window stays 25 ms at
+    any rate): the DCT of a 26-band log spectrum."""
+    times, counts = _frame_times(utterances, rng, sensors.audio_rate, sensors.audio_jitter)
     u = utterances.position(times)
     spoken = (u >= 0) & (u <= 1)
     # The vowel: a slowly varying loudness and two drifting formants, none of which depends on
@@ -249,12 +299,12 @@ def _band_bump(centre: np.ndarray, width: float) -> np.ndarray:
     return np.exp(-0.5 * ((_BANDS - centre[..., None]) / width) ** 2)
 
 
-def _film_video(utterances: _Utterances, rng: np.random.Generator, rate: float) -> list[tuple]:
+def _film_video(utterances: _Utterances, rng: np.random.Generator, sensors: Sensors) -> list[tuple]:
     """8 lip-landmark coordinates per frame, stamped by a clock that is off by a constant."""
     # The offset is drawn before anything whose size depends on the rate, so that it is the
     # same at every rate.
     offset = rng.uniform(-_VIDEO_OFFSET_MS, _VIDEO_OFFSET_MS, size=utterances.labels.shape[0])
-    times, counts = _frame_times(utterances, rng, rate, _VIDEO_JITTER_MS)
+    times, counts = _frame_times(utterances, rng, sensors.video_rate, sensors.video_jitter)
     u = utterances.position(times)
     opening = np.full(times.shape, 0.05)
     rounding = np.zeros(times.shape)
@@ -374,11 +424,12 @@ def _audio_source(text: str) -> str:
 
 
 def _record_speech(
-    utterances: _Utterances, rng: np.random.Generator, bank: SpeechBank
+    utterances: _Utterances, rng: np.random.Generator, bank: SpeechBank, sensors: Sensors
 ) -> list[tuple]:
-    """The spoken phrase's MFCCs every 10 ms, read through the utterance's time warp (linear
-    interpolation between its frames), the noise floor's before and after."""
-    times, counts = _frame_times(utterances, rng, AUDIO_RATE, _AUDIO_JITTER_MS)
+    """The spoken phrase's MFCCs at the audio sensor's frames (every 10 ms at 100 Hz), read
+    through the utterance's time warp (linear interpolation between its frames), the noise
+    floor's before and after."""
+    times, counts = _frame_times(utterances, rng, sensors.audio_rate, sensors.audio_jitter)
     u = utterances.position(times)
     mfcc = np.broadcast_to(bank.silence, (*times.shape, N_MFCC)).copy()
     for row, recording in enumerate(utterances.spoken):
