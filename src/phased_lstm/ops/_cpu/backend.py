@@ -1,7 +1,7 @@
 """The compiled CPU backends: ``"fused"`` for training, ``"sparse"`` for inference.
 
-Both run the loop over time steps in C++ (``csrc/recurrence.cpp``), one call per layer and
-direction, on CPU float32/float64 tensors.
+Both run the loop over time steps in C++ (``csrc/train.cpp``, ``csrc/infer.cpp``), one call per
+layer and direction, on CPU float32/float64 tensors.
 
 * ``"fused"``: forward and a hand-written backward (BPTT). The forward keeps only what the
   backward needs, the gate activations and the cell state of every step; the backward does one
@@ -14,16 +14,18 @@ direction, on CPU float32/float64 tensors.
   (``k == 0``: eval mode, where the leak is 0, or padding) is not computed at all: no row of
   ``weight_hh`` is read, no nonlinearity evaluated, and its ``h`` and ``c`` are kept bit for
   bit. A step where every neuron of every sample is closed is a copy. Each sample has its own
-  open neurons, and only the open (sample, neuron) pairs are computed, as dot products; when the
-  share of open pairs of a step is high enough for a dense matrix product to be cheaper (see
-  :func:`_dense_above`), that step runs dense. In training mode the leak opens every neuron a
-  little, every step is dense and the result is that of ``"fused"``.
+  open neurons, and only the open (sample, neuron) pairs are computed, as dot products, neuron
+  by neuron so that a neuron's rows of the weights are read once for all the samples open
+  there; when the share of open pairs of a step is high enough for a dense matrix product to be
+  cheaper (see :func:`_dense_above`), that step runs dense. In training mode the leak opens
+  every neuron a little, every step is dense and the result is that of ``"fused"``.
 
-  What it saves grows as fewer neurons are open: one sequence reads each open neuron's rows of
-  ``weight_hh`` once per step, so its work falls with the open share; a batch gains less than
-  ``1 / r_on`` because the dense product reuses each row for every sample. The layer still
-  computes the input projection and the time gate of every step. Measured figures are in the
-  docs/speed.md (``phased-lstm bench``).
+  Modules call its ``infer`` (:func:`sparse_infer`) rather than its gate and recurrence: one
+  call per layer-direction that computes the time gate and, for the open pairs only, the input
+  projection ``x W_ih^T + b``, so that neither exists for all steps, and memory holds the
+  outputs and little else. :func:`phased_lstm.ops.recurrence` with ``backend="sparse"`` takes
+  the projections and the gate as given. What it saves grows as fewer neurons are open. Measured
+  figures are in docs/speed.md (``phased-lstm bench``).
 
 Both bring the compiled time gate (``csrc/time_gate.cpp``), and ``"sparse"`` the streaming
 step (``csrc/stream.cpp``) that runs one event through every layer in one call. The C++ source
@@ -107,6 +109,37 @@ def sparse_recurrence(
     return torch.ops.phased_lstm.forward_infer(*args, dense_above)
 
 
+def sparse_infer(
+    x,
+    times,
+    weight_ih,
+    bias,
+    weight_hh,
+    weight_ch,
+    period,
+    shift,
+    r_on,
+    leak,
+    valid,
+    h0,
+    c0,
+    batch_sizes=None,
+):
+    """The ``infer`` of ``"sparse"``: one layer-direction without gradients from its input;
+    see :class:`phased_lstm.ops.Backend` for the contract."""
+    tensors = (x, weight_ih, bias, weight_hh, weight_ch, h0, c0)
+    plan("sparse", tensors=tensors, packed=x.dim() == 2)  # raises if it cannot run
+    return torch.ops.phased_lstm.forward_infer_input(
+        *_contiguous(x, times.to(f64), weight_ih, bias, weight_hh, weight_ch),
+        *_contiguous(period.to(f64), shift.to(f64), r_on.to(f64)),
+        float(leak),
+        None if valid is None else valid.contiguous(),
+        *_contiguous(h0, c0),
+        batch_sizes,
+        _dense_above(h0.shape[0]),
+    )
+
+
 def time_gate(times, period, shift, r_on, leak, valid, dtype) -> Tensor:
     """The compiled gate of both backends; see :func:`phased_lstm.ops.sequence_gate`.
 
@@ -151,7 +184,20 @@ _COMMON = {
 }
 FUSED = Backend("fused", fused_recurrence, gradients=True, priority=10, **_COMMON)
 SPARSE = Backend(
-    "sparse", sparse_recurrence, stream=stream, gradients=False, priority=20, **_COMMON
+    "sparse",
+    sparse_recurrence,
+    stream=stream,
+    infer=sparse_infer,
+    gradients=False,
+    priority=20,
+    **_COMMON,
 )
 
-__all__ = ["FUSED", "SPARSE", "build_error", "fused_recurrence", "sparse_recurrence"]
+__all__ = [
+    "FUSED",
+    "SPARSE",
+    "build_error",
+    "fused_recurrence",
+    "sparse_infer",
+    "sparse_recurrence",
+]

@@ -9,8 +9,9 @@ get what torch.compile, torch.export and autograd need:
   ``time_gate_backward``) and ``forward_train`` (its backward is ``backward``). Both backward
   passes are hand-written and first order only, as ``once_differentiable`` says.
 
-``forward_infer`` computes no gradient (the sparse inference path); the backward ops are not
-differentiated themselves. :func:`register` runs once, when the kernels are loaded.
+``forward_infer`` and ``forward_infer_input`` compute no gradient (the sparse inference path);
+the backward ops are not differentiated themselves. :func:`register` runs once, when the kernels
+are loaded.
 """
 
 from __future__ import annotations
@@ -78,6 +79,12 @@ def _fake_forward_infer(gates_x, k, weight_hh, weight_ch, h0, c0, batch_sizes, d
     return k.new_empty(k.shape), h0.new_empty(h0.shape), c0.new_empty(c0.shape)
 
 
+def _fake_forward_infer_input(x, times, weight_ih, bias, weight_hh, weight_ch, *rest):
+    h0, c0 = rest[5], rest[6]  # after period, shift, r_on, leak, valid
+    shape = (*x.shape[:-1], weight_hh.shape[1])
+    return x.new_empty(shape), h0.new_empty(h0.shape), c0.new_empty(c0.shape)
+
+
 # ------------------------------------------------------------------------------- autograd
 def _setup_time_gate(ctx, inputs, output):
     times, period, shift, r_on, leak, valid, _ = inputs
@@ -142,6 +149,7 @@ def register() -> None:
             "forward_train": _fake_forward_train,
             "backward": _fake_backward,
             "forward_infer": _fake_forward_infer,
+            "forward_infer_input": _fake_forward_infer_input,
         }
         for name, fake in fakes.items():
             torch.library.register_fake(_op(name), fake)

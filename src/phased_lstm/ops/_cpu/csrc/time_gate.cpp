@@ -160,7 +160,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> time_gate_backward(
   return {grad_period, grad_shift, grad_r_on};
 }
 
-// A fragment of the library that csrc/recurrence.cpp defines: both files build one extension.
+// A fragment of the library that csrc/train.cpp defines: all the files build one extension.
 TORCH_LIBRARY_FRAGMENT(phased_lstm, m) {
   m.def(
       "time_gate_forward(Tensor times, Tensor period, Tensor shift, Tensor r_on, float leak, "
