@@ -187,9 +187,7 @@ def test_infer_input_rejects_what_it_cannot_run():
         run_infer(dict(a, period=a["period"][:3]), 0.0)
     with pytest.raises(RuntimeError, match="valid must be a contiguous bool tensor"):
         run_infer(a, 0.0, valid=torch.ones(3, 2))
-    with pytest.raises(
-        RuntimeError, match="of one dtype, got torch.float32, torch.float64"
-    ):
+    with pytest.raises(RuntimeError, match="of one dtype, got torch.float32, torch.float64"):
         run_infer(dict(a, h0=a["h0"].double()), 0.0)
 
 
