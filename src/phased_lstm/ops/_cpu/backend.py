@@ -85,12 +85,13 @@ def _inference_args(tensors, batch_sizes):
 def _dense_above(batch: int) -> float:
     """Share of open (sample, neuron) pairs above which a step of "sparse" runs dense.
 
-    A sparse step reads the rows of ``weight_hh`` of each open neuron once per step and does a
-    dot product per open pair; a dense one is a matrix product, which reuses each row for every
-    sample. One sequence never gains from dense; in a batch the crossover, measured at H = 512
-    on a 2-core x86 machine, falls from ~0.85 (4 samples) to ~0.4 (32 and more).
+    A sparse step reads the rows of the weights of each open neuron once per step, for all the
+    samples open there, and does dot products per open pair; a dense one is a matrix product,
+    which reuses each row for every sample. Up to 8 samples a step never gains from dense; in a
+    larger batch the crossover, measured at H = 512 on a 2-core x86 machine (one thread), falls
+    from ~0.8-0.9 (32 samples) towards ~0.75 (128).
     """
-    return min(1.0, 0.35 + 2.0 / batch)
+    return min(1.0, 0.75 + 2.0 / batch)
 
 
 def sparse_recurrence(
