@@ -9,7 +9,9 @@ layer and direction, on CPU float32/float64 tensors.
   first-order only: for double backward use ``backend="reference"``. With ``batch_sizes`` (a
   batch sorted by length, longest first) each step computes only its valid rows: the step's
   matrix products and elementwise work shrink to them and the padding rows are copied (the
-  gradient of ``weight_hh`` stays one product over all rows, zeros included).
+  gradient of ``weight_hh`` stays one product over all rows, zeros included). Modules call its
+  ``direction`` (:func:`fused_direction`), which writes the input projection of all steps into
+  the activations' buffer itself.
 * ``"sparse"``: inference without gradients. A neuron whose time gate is exactly closed
   (``k == 0``: eval mode, where the leak is 0, or padding) is not computed at all: no row of
   ``weight_hh`` is read, no nonlinearity evaluated, and its ``h`` and ``c`` are kept bit for
@@ -20,12 +22,12 @@ layer and direction, on CPU float32/float64 tensors.
   cheaper (see :func:`_dense_above`), that step runs dense. In training mode the leak opens
   every neuron a little, every step is dense and the result is that of ``"fused"``.
 
-  Modules call its ``infer`` (:func:`sparse_infer`) rather than its gate and recurrence: one
-  call per layer-direction that computes the time gate and, for the open pairs only, the input
-  projection ``x W_ih^T + b``, so that neither exists for all steps, and memory holds the
-  outputs and little else. :func:`phased_lstm.ops.recurrence` with ``backend="sparse"`` takes
-  the projections and the gate as given. What it saves grows as fewer neurons are open. Measured
-  figures are in docs/speed.md (``phased-lstm bench``).
+  Modules call its ``direction`` (:func:`sparse_direction`) rather than its gate and
+  recurrence: one call per layer-direction that computes the time gate and, for the open pairs
+  only, the input projection ``x W_ih^T + b``, so that neither exists for all steps, and memory
+  holds the outputs and little else. :func:`phased_lstm.ops.recurrence` with
+  ``backend="sparse"`` takes the projections and the gate as given. What it saves grows as fewer
+  neurons are open. Measured figures are in docs/speed.md (``phased-lstm bench``).
 
 Both bring the compiled time gate (``csrc/time_gate.cpp``), and ``"sparse"`` the streaming
 step (``csrc/stream.cpp``) that runs one event through every layer in one call. The C++ source
@@ -110,7 +112,21 @@ def sparse_recurrence(
     return torch.ops.phased_lstm.forward_infer(*args, dense_above)
 
 
-def sparse_infer(
+def _infer_direction(args, dense_above: float):
+    """``forward_infer_input`` of a direction's arguments (those of :class:`Backend`'s
+    ``direction``, without ``grad_clip`` and ``batch_sizes``), contiguous and in float64 where
+    the gate wants it."""
+    x, times, weight_ih, bias, weight_hh, weight_ch, period, shift, r_on, leak, valid, h0, c0 = args
+    return (
+        *_contiguous(x, times.to(f64), weight_ih, bias, weight_hh, weight_ch),
+        *_contiguous(period.to(f64), shift.to(f64), r_on.to(f64)),
+        float(leak),
+        None if valid is None else valid.contiguous(),
+        *_contiguous(h0, c0),
+    ), dense_above
+
+
+def fused_direction(
     x,
     times,
     weight_ih,
@@ -124,21 +140,56 @@ def sparse_infer(
     valid,
     h0,
     c0,
+    grad_clip=math.inf,
     batch_sizes=None,
 ):
-    """The ``infer`` of ``"sparse"``: one layer-direction without gradients from its input;
-    see :class:`phased_lstm.ops.Backend` for the contract."""
+    """The ``direction`` of ``"fused"``; see :class:`phased_lstm.ops.Backend` for the contract.
+
+    With gradients: the compiled gate (an op with its own backward), then ``forward_train_input``,
+    which writes the input projection of all steps, one product, straight into the buffer of
+    the activations (its backward, :mod:`.library`, gives x, W_ih and the bias their gradients
+    as products over all steps). Without: ``forward_infer_input`` with every step that has an
+    open neuron dense, as :func:`fused_recurrence` runs them.
+    """
+    tensors = (x, weight_ih, bias, weight_hh, weight_ch, h0, c0)
+    plan("fused", tensors=tensors, packed=x.dim() == 2)  # raises if it cannot run
+    args = (x, times, weight_ih, bias, weight_hh, weight_ch, period, shift, r_on, leak, valid)
+    if not needs_grad(*tensors, period, shift, r_on):
+        inputs, dense_above = _infer_direction((*args, h0, c0), 0.0)
+        return torch.ops.phased_lstm.forward_infer_input(*inputs, batch_sizes, dense_above)
+    if x.shape[0] == 0:
+        return x.new_empty((*x.shape[:-1], weight_hh.shape[1])), h0, c0
+    k = time_gate(times, period, shift, r_on, leak, valid, x.dtype)
+    inputs = _contiguous(x, weight_ih, bias, k, weight_hh, weight_ch, h0, c0)
+    h, h_n, c_n, _, _ = torch.ops.phased_lstm.forward_train_input(*inputs, batch_sizes, grad_clip)
+    return h, h_n, c_n
+
+
+def sparse_direction(
+    x,
+    times,
+    weight_ih,
+    bias,
+    weight_hh,
+    weight_ch,
+    period,
+    shift,
+    r_on,
+    leak,
+    valid,
+    h0,
+    c0,
+    grad_clip=math.inf,
+    batch_sizes=None,
+):
+    """The ``direction`` of ``"sparse"``: one layer-direction without gradients from its input,
+    the gate and the input projection computed for the open pairs only; see
+    :class:`phased_lstm.ops.Backend` for the contract. ``grad_clip`` changes nothing here."""
     tensors = (x, weight_ih, bias, weight_hh, weight_ch, h0, c0)
     plan("sparse", tensors=tensors, packed=x.dim() == 2)  # raises if it cannot run
-    return torch.ops.phased_lstm.forward_infer_input(
-        *_contiguous(x, times.to(f64), weight_ih, bias, weight_hh, weight_ch),
-        *_contiguous(period.to(f64), shift.to(f64), r_on.to(f64)),
-        float(leak),
-        None if valid is None else valid.contiguous(),
-        *_contiguous(h0, c0),
-        batch_sizes,
-        _dense_above(h0.shape[0]),
-    )
+    args = (x, times, weight_ih, bias, weight_hh, weight_ch, period, shift, r_on, leak, valid)
+    inputs, dense_above = _infer_direction((*args, h0, c0), _dense_above(h0.shape[0]))
+    return torch.ops.phased_lstm.forward_infer_input(*inputs, batch_sizes, dense_above)
 
 
 def time_gate(times, period, shift, r_on, leak, valid, dtype) -> Tensor:
@@ -183,12 +234,14 @@ _COMMON = {
     "unavailable": _unavailable,
     "passed_over": _warn_passed_over,
 }
-FUSED = Backend("fused", fused_recurrence, gradients=True, priority=10, **_COMMON)
+FUSED = Backend(
+    "fused", fused_recurrence, direction=fused_direction, gradients=True, priority=10, **_COMMON
+)
 SPARSE = Backend(
     "sparse",
     sparse_recurrence,
     stream=stream,
-    infer=sparse_infer,
+    direction=sparse_direction,
     gradients=False,
     priority=20,
     **_COMMON,
@@ -198,7 +251,8 @@ __all__ = [
     "FUSED",
     "SPARSE",
     "build_error",
+    "fused_direction",
     "fused_recurrence",
-    "sparse_infer",
+    "sparse_direction",
     "sparse_recurrence",
 ]

@@ -106,10 +106,10 @@ struct Infer {
     at::parallel_for(0, rows, row_grain(H), [&](int64_t begin, int64_t end) {
       FlushSubnormals flush_here;
       for (int64_t n = begin; n < end; ++n) {
-        const auto run = w_ch != nullptr ? forward_cols<T, true, false>
-                                         : forward_cols<T, false, false>;
-        run(gx + n * H4, H, rec + n * H4, H, nullptr, 0, c_prev + n * H, hp + n * H, k + n * H,
-            w_ch, H, c_next + n * H, ht + n * H, H);
+        const auto run = w_ch != nullptr ? forward_cols<T, true, kNoActs, false>
+                                         : forward_cols<T, false, kNoActs, false>;
+        run(gx + n * H4, H, nullptr, rec + n * H4, H, nullptr, 0, c_prev + n * H, hp + n * H,
+            k + n * H, w_ch, H, c_next + n * H, ht + n * H, H);
       }
     });
   }
@@ -219,15 +219,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_infer_input(
   FlushSubnormals flush;
   const Layout layout = make_layout(x, h0, batch_sizes, "x");
   const int64_t L = layout.L, N = layout.N, H = layout.H, I = x.size(-1);
-  TORCH_CHECK(weight_ih.dim() == 2 && weight_ih.size(0) == 4 * H && weight_ih.size(1) == I,
-              "weight_ih must be (4H, I) = (", 4 * H, ", ", I, "), got ", weight_ih.sizes());
-  std::vector<at::Tensor> others = {x, weight_ih};
-  if (bias.has_value()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == 4 * H, "bias must be (4H,) = (", 4 * H,
-                ",), got ", bias->sizes());
-    others.push_back(*bias);
-  }
-  check_recurrent(layout, weight_hh, weight_ch, h0, c0, x.scalar_type(), others);
+  check_input_projection(layout, x, weight_ih, bias);
+  check_recurrent(layout, weight_hh, weight_ch, h0, c0, x.scalar_type(), {x});
   std::vector<int64_t> time_sizes = x.sizes().vec();
   time_sizes.pop_back();
   TORCH_CHECK(times.sizes() == at::IntArrayRef(time_sizes) &&

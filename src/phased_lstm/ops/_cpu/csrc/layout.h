@@ -147,6 +147,29 @@ inline void check_inputs(const Layout& layout, const at::Tensor& gates_x, const 
   check_recurrent(layout, weight_hh, weight_ch, h0, c0, gates_x.scalar_type(), {gates_x, k});
 }
 
+// The checks of the ops that take the layer input x (..., I) with W_ih (4H, I) and the summed
+// bias (4H,) or none, instead of gates_x.
+inline void check_input_projection(const Layout& layout, const at::Tensor& x,
+                                   const at::Tensor& weight_ih,
+                                   const std::optional<at::Tensor>& bias) {
+  const int64_t H = layout.H, I = x.size(-1);
+  TORCH_CHECK(weight_ih.dim() == 2 && weight_ih.size(0) == 4 * H && weight_ih.size(1) == I,
+              "weight_ih must be (4H, I) = (", 4 * H, ", ", I, "), got ", weight_ih.sizes());
+  std::vector<at::Tensor> all = {x, weight_ih};
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == 4 * H, "bias must be (4H,) = (", 4 * H,
+                ",), got ", bias->sizes());
+    all.push_back(*bias);
+  }
+  for (const auto& t : all) {
+    TORCH_CHECK(t.device().is_cpu(), "the fused kernels run on the CPU, got a tensor on ",
+                t.device());
+    TORCH_CHECK(t.scalar_type() == x.scalar_type(), "all inputs must have the dtype of x (",
+                x.scalar_type(), "), got ", t.scalar_type());
+    TORCH_CHECK(t.is_contiguous(), "the fused kernels take contiguous tensors");
+  }
+}
+
 // The stored rows of step t as an (rows, F) matrix view of a (..., F) tensor.
 inline at::Tensor step_rows(const at::Tensor& values, const Layout& layout, int64_t t) {
   const int64_t features = values.size(-1);

@@ -118,7 +118,7 @@ PHASED_LSTM_INLINE T vsigmoid(T x) {
 // x W_ih^T + b + h_prev W_hh^T, without peepholes: the one definition every path inlines.
 // `wci`, `wcf`, `wco` are the neuron's peepholes (read only with kPeep).
 template <typename T, bool kPeep>
-inline void cell_forward(T ai, T af, T ag, T ao, T cp, T hp, T kj, T wci, T wcf, T wco, T& i,
+PHASED_LSTM_INLINE void cell_forward(T ai, T af, T ag, T ao, T cp, T hp, T kj, T wci, T wcf, T wco, T& i,
                          T& f, T& g, T& o, T& c, T& h) {
   if (kPeep) {
     ai = ai + wci * cp;
@@ -135,29 +135,40 @@ inline void cell_forward(T ai, T af, T ag, T ao, T cp, T hp, T kj, T wci, T wcf,
   h = kj * h_new + (T(1) - kj) * hp;
 }
 
-// Forward of `count` neurons of one sample's row. Their pre-activations are the sum of two
-// parts: `gx` (x W_ih^T + b; gate q of neuron j at gx[q * gx_stride + j]) and `rec`
-// (h_prev W_hh^T, gates `rec_stride` apart). With kActs the activations (i, f, g, o) are
-// written to `acts` (gates `acts_stride` apart), for the backward pass. `w_ch` points at the
-// peepholes of the first neuron, (3H,) with gates `H` apart.
+// What forward_cols does with the activations (i, f, g, o): nothing (inference), write them to
+// `acts`, or read the input parts from `acts` and overwrite them there (the buffer the input
+// projection of all steps was written into).
+enum Acts { kNoActs = 0, kActsOut = 1, kActsInPlace = 2 };
+
+// Forward of `count` neurons of one sample's row. Their pre-activations are the sum of three
+// parts: the input part (x W_ih^T, or x W_ih^T + b; gate q of neuron j at gx[q * gx_stride + j],
+// or with kActsInPlace at acts[q * acts_stride + j]), with kBias `bias` (b, gates H apart), and
+// `rec` (h_prev W_hh^T, gates `rec_stride` apart). `w_ch` points at the peepholes of the first
+// neuron, (3H,) with gates `H` apart.
 // Not inlined: compiled on their own, with their restrict pointers intact, the loops vectorise;
-// inlined into the parallel lambdas they may not. A call per row costs nothing.
-template <typename T, bool kPeep, bool kActs>
+// inlined into the parallel lambdas they may not. A call per row costs nothing. (Every pointer
+// must stay restrict: with a pair that may alias, the compiler gives up vectorising.)
+template <typename T, bool kPeep, int kActs, bool kBias>
 PHASED_LSTM_NOINLINE void forward_cols(
-    const T* __restrict__ gx, int64_t gx_stride, const T* __restrict__ rec, int64_t rec_stride,
-    T* __restrict__ acts, int64_t acts_stride, const T* __restrict__ c_prev,
-    const T* __restrict__ h_prev, const T* __restrict__ k, const T* __restrict__ w_ch,
-    int64_t H, T* __restrict__ c, T* __restrict__ h, int64_t count) {
+    const T* __restrict__ gx, int64_t gx_stride, const T* __restrict__ bias,
+    const T* __restrict__ rec, int64_t rec_stride, T* __restrict__ acts, int64_t acts_stride,
+    const T* __restrict__ c_prev, const T* __restrict__ h_prev, const T* __restrict__ k,
+    const T* __restrict__ w_ch, int64_t H, T* __restrict__ c, T* __restrict__ h,
+    int64_t count) {
   for (int64_t j = 0; j < count; ++j) {
+    T pre[4];
+    for (int q = 0; q < 4; ++q) {
+      T input = kActs == kActsInPlace ? acts[q * acts_stride + j] : gx[q * gx_stride + j];
+      if (kBias) input = input + bias[q * H + j];
+      pre[q] = input + rec[q * rec_stride + j];
+    }
     T i, f, g, o;
     const T wci = kPeep ? w_ch[j] : T(0);
     const T wcf = kPeep ? w_ch[H + j] : T(0);
     const T wco = kPeep ? w_ch[2 * H + j] : T(0);
-    cell_forward<T, kPeep>(gx[j] + rec[j], gx[gx_stride + j] + rec[rec_stride + j],
-                           gx[2 * gx_stride + j] + rec[2 * rec_stride + j],
-                           gx[3 * gx_stride + j] + rec[3 * rec_stride + j], c_prev[j], h_prev[j],
-                           k[j], wci, wcf, wco, i, f, g, o, c[j], h[j]);
-    if (kActs) {
+    cell_forward<T, kPeep>(pre[0], pre[1], pre[2], pre[3], c_prev[j], h_prev[j], k[j], wci, wcf,
+                           wco, i, f, g, o, c[j], h[j]);
+    if (kActs != kNoActs) {
       acts[j] = i;
       acts[acts_stride + j] = f;
       acts[2 * acts_stride + j] = g;

@@ -37,6 +37,73 @@ Blocks train_blocks(int64_t N, int64_t H) {
   return neuron_blocks(H, N * 4 * H * H, at::get_num_threads());
 }
 
+// The forward recurrence over every step into `acts` (the activations, (..., 4H)), returning
+// (h, h_n, c_n, c, acts). The input part of the pre-activations is `gx` (..., 4H), x W_ih^T
+// with or without the bias, plus `bias` (4H,) when given; `gx` may be `acts` itself, which each
+// step then turns from input parts into activations in place.
+template <typename T>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_forward(
+    const Layout& layout, const at::Tensor& gx, const std::optional<at::Tensor>& bias,
+    const at::Tensor& acts, const at::Tensor& k, const at::Tensor& weight_hh,
+    const std::optional<at::Tensor>& weight_ch, const at::Tensor& h0, const at::Tensor& c0) {
+  const int64_t L = layout.L, N = layout.N, H = layout.H;
+  at::Tensor h = empty_buffer(k.sizes(), h0.options());
+  at::Tensor c = empty_buffer(k.sizes(), h0.options());
+  const Blocks blocks = train_blocks(N, H);
+  const at::Tensor w = rows_by_block(weight_hh, blocks);
+  // h_prev W_hh^T of a step, block p's columns as an (N, 4 size(p)) matrix from N 4 begin[p].
+  const at::Tensor rec = at::empty({N * 4 * H}, acts.options());
+  const bool peep = weight_ch.has_value();
+  const T* w_ch = peep ? weight_ch->data_ptr<T>() : nullptr;
+  const T* bias_p = bias.has_value() ? bias->data_ptr<T>() : nullptr;
+  const T* gx_p = gx.data_ptr<T>();
+  const T* k_p = k.data_ptr<T>();
+  T* acts_p = acts.data_ptr<T>();
+  T* h_p = h.data_ptr<T>();
+  T* c_p = c.data_ptr<T>();
+  T* rec_p = rec.data_ptr<T>();
+  // From gates_x into a buffer of its own, or in place (no bias then, or with one).
+  using Cols = decltype(&forward_cols<T, true, kActsOut, false>);
+  const bool in_place = gx_p == acts_p;
+  TORCH_CHECK(in_place || bias_p == nullptr, "run_forward: a bias is added in place only");
+  const Cols cols[2][3] = {{forward_cols<T, false, kActsOut, false>,
+                            forward_cols<T, false, kActsInPlace, false>,
+                            forward_cols<T, false, kActsInPlace, true>},
+                           {forward_cols<T, true, kActsOut, false>,
+                            forward_cols<T, true, kActsInPlace, false>,
+                            forward_cols<T, true, kActsInPlace, true>}};
+  const Cols run = cols[peep][in_place ? (bias_p != nullptr ? 2 : 1) : 0];
+  for (int64_t t = 0; t < L; ++t) {
+    const at::Tensor h_prev = t == 0 ? h0 : step_rows(h, layout, t - 1);
+    const T* hp = h_prev.data_ptr<T>();
+    const T* cp = t == 0 ? c0.data_ptr<T>() : c_p + layout.offset[t - 1] * H;
+    const int64_t active = layout.rows[t];
+    const int64_t stored = layout.stored(t);
+    const int64_t base = layout.offset[t];
+    for_each_block(blocks, [&](int64_t p) {
+      const int64_t j0 = blocks.begin[p], B = blocks.size(p);
+      T* rec_block = rec_p + N * 4 * j0;
+      if (active > 0) {
+        at::Tensor out = rec.narrow(0, N * 4 * j0, active * 4 * B).view({active, 4 * B});
+        at::mm_out(out, h_prev.narrow(0, 0, active), w.narrow(0, 4 * j0, 4 * B).t());
+      }
+      for (int64_t n = 0; n < active; ++n) {
+        const int64_t row = (base + n) * H + j0;
+        const int64_t gates = (base + n) * 4 * H + j0;
+        run(in_place ? nullptr : gx_p + gates, H, bias_p == nullptr ? nullptr : bias_p + j0,
+            rec_block + n * 4 * B, B, acts_p + gates, H, cp + n * H + j0, hp + n * H + j0,
+            k_p + row, peep ? w_ch + j0 : nullptr, H, c_p + row, h_p + row, B);
+      }
+      for (int64_t n = active; n < stored; ++n) {  // padding: the state is held
+        const int64_t row = (base + n) * H + j0;
+        std::memcpy(h_p + row, hp + n * H + j0, sizeof(T) * B);
+        std::memcpy(c_p + row, cp + n * H + j0, sizeof(T) * B);
+      }
+    });
+  }
+  return {h, gather_last(h, h0, layout), gather_last(c, c0, layout), c, acts};
+}
+
 // Returns (h, h_n, c_n, c, acts): the outputs, then what backward needs besides them.
 // `grad_clip` is not used here: it is part of the op so that its registered backward
 // (phased_lstm/ops/_cpu/library.py) receives it with the other inputs.
@@ -50,57 +117,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_t
   FlushSubnormals flush;
   const Layout layout = make_layout(gates_x, h0, batch_sizes, "gates_x");
   check_inputs(layout, gates_x, k, weight_hh, weight_ch, h0, c0);
-  const int64_t L = layout.L, N = layout.N, H = layout.H;
   // The activations of every step; the rows of padding are left unwritten (backward never
   // reads them).
-  at::Tensor acts = empty_buffer(gates_x.sizes(), gates_x.options());
-  at::Tensor h = empty_buffer(k.sizes(), h0.options());
-  at::Tensor c = empty_buffer(k.sizes(), h0.options());
-  const Blocks blocks = train_blocks(N, H);
-  const at::Tensor w = rows_by_block(weight_hh, blocks);
-  // h_prev W_hh^T of a step, block p's columns as an (N, 4 size(p)) matrix from N 4 begin[p].
-  const at::Tensor rec = at::empty({N * 4 * H}, gates_x.options());
-  const bool peep = weight_ch.has_value();
+  const at::Tensor acts = empty_buffer(gates_x.sizes(), gates_x.options());
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(gates_x.scalar_type(), "phased_lstm_forward_train", [&] {
-    using T = scalar_t;
-    const T* w_ch = peep ? weight_ch->data_ptr<T>() : nullptr;
-    const T* gx_p = gates_x.data_ptr<T>();
-    const T* k_p = k.data_ptr<T>();
-    T* acts_p = acts.data_ptr<T>();
-    T* h_p = h.data_ptr<T>();
-    T* c_p = c.data_ptr<T>();
-    T* rec_p = rec.data_ptr<T>();
-    for (int64_t t = 0; t < L; ++t) {
-      const at::Tensor h_prev = t == 0 ? h0 : step_rows(h, layout, t - 1);
-      const T* hp = h_prev.data_ptr<T>();
-      const T* cp = t == 0 ? c0.data_ptr<T>() : c_p + layout.offset[t - 1] * H;
-      const int64_t active = layout.rows[t];
-      const int64_t stored = layout.stored(t);
-      const int64_t base = layout.offset[t];
-      for_each_block(blocks, [&](int64_t p) {
-        const int64_t j0 = blocks.begin[p], B = blocks.size(p);
-        T* rec_block = rec_p + N * 4 * j0;
-        if (active > 0) {
-          at::Tensor out = rec.narrow(0, N * 4 * j0, active * 4 * B).view({active, 4 * B});
-          at::mm_out(out, h_prev.narrow(0, 0, active), w.narrow(0, 4 * j0, 4 * B).t());
-        }
-        for (int64_t n = 0; n < active; ++n) {
-          const int64_t row = (base + n) * H + j0;
-          const int64_t gates = (base + n) * 4 * H + j0;
-          const auto run = peep ? forward_cols<T, true, true> : forward_cols<T, false, true>;
-          run(gx_p + gates, H, rec_block + n * 4 * B, B, acts_p + gates, H, cp + n * H + j0,
-              hp + n * H + j0, k_p + row, peep ? w_ch + j0 : nullptr, H, c_p + row, h_p + row,
-              B);
-        }
-        for (int64_t n = active; n < stored; ++n) {  // padding: the state is held
-          const int64_t row = (base + n) * H + j0;
-          std::memcpy(h_p + row, hp + n * H + j0, sizeof(T) * B);
-          std::memcpy(c_p + row, cp + n * H + j0, sizeof(T) * B);
-        }
-      });
-    }
+    out = run_forward<scalar_t>(layout, gates_x, std::nullopt, acts, k, weight_hh, weight_ch,
+                                h0, c0);
   });
-  return {h, gather_last(h, h0, layout), gather_last(c, c0, layout), c, acts};
+  return out;
+}
+
+// forward_train from the layer input: x (L, N, I) or packed (S, I), W_ih (4H, I) and the
+// summed bias (4H,) or none instead of gates_x. The input projection of every step is one
+// product written straight into the activations' buffer, which the steps then overwrite in
+// place: no (L, N, 4H) tensor besides the activations, and no pass that adds the bias to it.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_train_input(
+    const at::Tensor& x, const at::Tensor& weight_ih, const std::optional<at::Tensor>& bias,
+    const at::Tensor& k, const at::Tensor& weight_hh, const std::optional<at::Tensor>& weight_ch,
+    const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& batch_sizes,
+    double grad_clip) {
+  TORCH_CHECK(grad_clip > 0, "forward_train_input: grad_clip must be > 0 (inf for none), got ",
+              grad_clip);
+  NoAutocast no_autocast(autocast_keys());
+  FlushSubnormals flush;
+  const Layout layout = make_layout(x, h0, batch_sizes, "x");
+  check_input_projection(layout, x, weight_ih, bias);
+  std::vector<int64_t> sizes = x.sizes().vec();
+  sizes.back() = 4 * layout.H;
+  const at::Tensor acts = empty_buffer(sizes, x.options());
+  check_inputs(layout, acts, k, weight_hh, weight_ch, h0, c0);
+  at::Tensor projection = acts.view({-1, 4 * layout.H});
+  at::mm_out(projection, x.reshape({-1, x.size(-1)}), weight_ih.t());
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "phased_lstm_forward_train_input", [&] {
+    out = run_forward<scalar_t>(layout, acts, bias, acts, k, weight_hh, weight_ch, h0, c0);
+  });
+  return out;
 }
 
 // dL/dW_hh = sum_t dgates_t^T h_{t-1}, as one product over all steps.
@@ -268,6 +321,10 @@ TORCH_LIBRARY(phased_lstm, m) {
       "Tensor c0, Tensor? batch_sizes, float grad_clip) -> (Tensor, Tensor, Tensor, Tensor, "
       "Tensor)");
   m.def(
+      "forward_train_input(Tensor x, Tensor weight_ih, Tensor? bias, Tensor k, Tensor weight_hh, "
+      "Tensor? weight_ch, Tensor h0, Tensor c0, Tensor? batch_sizes, float grad_clip) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
       "backward(Tensor grad_h, Tensor grad_h_n, Tensor grad_c_n, Tensor k, Tensor weight_hh, "
       "Tensor? weight_ch, Tensor h0, Tensor c0, Tensor h, Tensor c, Tensor acts, "
       "bool weight_hh_grad, float grad_clip, Tensor? batch_sizes) -> (Tensor, Tensor, Tensor, "
@@ -276,5 +333,6 @@ TORCH_LIBRARY(phased_lstm, m) {
 
 TORCH_LIBRARY_IMPL(phased_lstm, CPU, m) {
   m.impl("forward_train", &forward_train);
+  m.impl("forward_train_input", &forward_train_input);
   m.impl("backward", &backward);
 }

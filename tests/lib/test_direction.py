@@ -1,6 +1,7 @@
-"""Inference from the layer input ("sparse"'s ``infer``: the gate and the input projection
-computed inside, for the open pairs only) against the float64 reference loop, op and layer;
-and the training kernels with their work split over two threads, against the reference."""
+"""A layer-direction from the layer input, the backends' ``direction`` (the gate and the input
+projection computed inside the kernels), against the float64 reference loop: "sparse"'s
+inference, which computes only the open pairs (op and layer), "fused"'s training, values and
+every gradient; and the training kernels with their work split over two threads."""
 
 import pytest
 import torch
@@ -41,7 +42,7 @@ def assert_near(got, want, dtype, what):
 
 
 def infer_inputs(length, batch, inputs, hidden, dtype, *, r_on, peepholes, bias=True, seed=0):
-    """Arguments of sparse_infer but leak, valid and batch_sizes: weights, state, and
+    """Arguments of sparse_direction but leak, valid and batch_sizes: weights, state, and
     timestamps of unit-rate Poisson processes under periods of 2 to 8."""
     gen = torch.Generator().manual_seed(seed)
 
@@ -63,19 +64,27 @@ def infer_inputs(length, batch, inputs, hidden, dtype, *, r_on, peepholes, bias=
     }
 
 
-def reference_of(a, leak, valid=None, batch_sizes=None):
-    """The same computation in float64 by the readable gate, F.linear and the reference loop."""
+def reference_of(a, leak, valid=None, batch_sizes=None, grad_clip=None):
+    """The same computation in float64 by the readable gate, F.linear and the reference loop
+    (differentiable with respect to ``a``'s tensors)."""
     d = {n: None if t is None else t.to(f64) for n, t in a.items()}
     k = reference_gate(d["times"], d["period"], d["shift"], d["r_on"], leak, valid, f64)
     gates_x = F.linear(d["x"], d["weight_ih"], d["bias"])
     return reference_recurrence(
-        gates_x, k, d["weight_hh"], d["weight_ch"], d["h0"], d["c0"], batch_sizes=batch_sizes
+        gates_x,
+        k,
+        d["weight_hh"],
+        d["weight_ch"],
+        d["h0"],
+        d["c0"],
+        batch_sizes=batch_sizes,
+        grad_clip=grad_clip,
     )
 
 
 def run_infer(a, leak, valid=None, batch_sizes=None):
     with torch.no_grad():
-        return cpu.sparse_infer(
+        return cpu.sparse_direction(
             a["x"],
             a["times"],
             a["weight_ih"],
@@ -89,7 +98,7 @@ def run_infer(a, leak, valid=None, batch_sizes=None):
             valid,
             a["h0"],
             a["c0"],
-            batch_sizes,
+            batch_sizes=batch_sizes,
         )
 
 
@@ -189,6 +198,77 @@ def test_infer_input_rejects_what_it_cannot_run():
         run_infer(a, 0.0, valid=torch.ones(3, 2))
     with pytest.raises(RuntimeError, match="of one dtype, got torch.float32, torch.float64"):
         run_infer(dict(a, h0=a["h0"].double()), 0.0)
+
+
+# ------------------------------------------------------------------- the op, training
+def direction_grads(run, a, valid=None, seed=1):
+    """Outputs of ``run()`` and the gradients of every tensor of ``a`` that requires grad, for
+    a random linear loss on (h, h_n, c_n); ``valid`` (L, N) leaves h's padding out of it."""
+    h, h_n, c_n = run()
+    gen = torch.Generator().manual_seed(seed)
+    weights = [torch.randn(t.shape, generator=gen, dtype=f64) for t in (h, h_n, c_n)]
+    if valid is not None:
+        weights[0] = weights[0] * valid.unsqueeze(-1)
+    loss = sum((t.double() * w).sum() for t, w in zip((h, h_n, c_n), weights, strict=True))
+    names = [n for n, t in a.items() if t is not None and t.requires_grad]
+    grads = torch.autograd.grad(loss, [a[n] for n in names])
+    return {"h": h, "h_n": h_n, "c_n": c_n} | {
+        f"grad {n}": g for n, g in zip(names, grads, strict=True)
+    }
+
+
+def trainable(a):
+    return {
+        n: t if t is None or n == "times" else t.detach().clone().requires_grad_()
+        for n, t in a.items()
+    }
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("layout", ["full", "lengths", "packed"])
+def test_fused_direction_matches_reference(dtype, bias, layout):
+    lengths = [16, 16, 9, 3] if layout != "full" else [16] * 4
+    a = trainable(infer_inputs(16, 4, 3, 6, dtype, r_on=0.3, peepholes=True, bias=bias, seed=4))
+    valid = torch.arange(16).unsqueeze(1) < torch.tensor(lengths)
+    batch_sizes = valid.sum(1) if layout != "full" else None
+    mask = valid if layout != "full" else None
+    want = direction_grads(
+        lambda: reference_of(a, 0.05, mask, batch_sizes, grad_clip=0.7), a, valid
+    )
+    given = dict(a)
+    if layout == "packed":
+        for name in ("x", "times"):
+            given[name] = pack_padded_sequence(a[name], torch.tensor(lengths)).data
+        mask = None
+
+    def run():
+        h, h_n, c_n = cpu.fused_direction(
+            *(given[n] for n in ("x", "times", "weight_ih", "bias", "weight_hh", "weight_ch")),
+            *(given[n] for n in ("period", "shift", "r_on")),
+            0.05,
+            mask,
+            given["h0"],
+            given["c0"],
+            0.7,
+            batch_sizes,
+        )
+        if layout == "packed":  # the packed output back into the padded layout
+            padded = h.new_zeros(16, 4, h.shape[-1])
+            padded[valid] = h
+            h = padded
+        return h, h_n, c_n
+
+    assert "phased_lstm::forward_train_input" in ops_run(lambda: run())
+    got = direction_grads(run, a, valid)
+    assert got.keys() == want.keys()
+    gate = ("grad period", "grad shift", "grad r_on")  # float64 whatever the dtype
+    for name in want:
+        assert got[name].dtype == (f64 if name in gate else dtype), name
+        if name == "h":
+            assert_near(got[name][valid], want[name][valid], dtype, name)
+        else:
+            assert_near(got[name], want[name], dtype, name)
 
 
 # ---------------------------------------------------------------------------- the layer
