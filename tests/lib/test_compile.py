@@ -77,10 +77,21 @@ def op_samples():
         samples.append(
             (ops.forward_infer.default, (tensors[0], sparse_k, *tensors[2:], batch_sizes, 0.3))
         )
+        # From the layer input: x (..., 2) with W_ih (12, 2) and a bias instead of gates_x.
+        x = torch.randn(*tensors[0].shape[:-1], 2, generator=gen, dtype=f64)
+        w_ih = torch.randn(12, 2, generator=gen, dtype=f64)
+        bias = torch.randn(12, generator=gen, dtype=f64)
+        grad = [t.clone().requires_grad_() for t in (x, w_ih, bias, *tensors[1:])]
+        samples.append((ops.forward_train_input.default, (*grad, batch_sizes, 0.5)))
+        t = torch.rand(x.shape[:-1], generator=gen, dtype=f64).mul(3).cumsum(0)
+        gate = [p.detach() for p in (period, shift, r_on)]
+        valid = None if packed else torch.rand(t.shape, generator=gen) < 0.8
+        args = (x, t, w_ih, bias, w_hh, w_ch, *gate, 0.0, valid, h0, c0, batch_sizes, 0.5)
+        samples.append((ops.forward_infer_input.default, args))
     return samples
 
 
-@pytest.mark.parametrize("index", range(9))
+@pytest.mark.parametrize("index", range(13))
 def test_opcheck(index):
     op, args = op_samples()[index]
     torch.library.opcheck(op, args)
@@ -120,7 +131,7 @@ def test_export_of_an_eval_model_runs_like_eager():
     with torch.no_grad():
         program = torch.export.export(model, (x, times))
         names = {str(node.target) for node in program.graph.nodes}
-        assert any("phased_lstm.forward_infer" in name for name in names), names
+        assert any("phased_lstm.forward_infer_input" in name for name in names), names
         want, (h_want, _) = model(x, times)
         got, (h, _) = program.module()(x, times)
     torch.testing.assert_close(got, want)

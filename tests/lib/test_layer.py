@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import phased_lstm.nn._base
+import phased_lstm.ops._cpu.backend
 from phased_lstm import PhasedLSTM, PhasedLSTMCell
 from tests.lib import paper_reference as ref
 
@@ -28,13 +29,16 @@ def grads(module):
 # --------------------------------------------------------------------------- nn.LSTM parity
 @pytest.fixture
 def gate_open(monkeypatch):
-    """Force k = 1 everywhere: the Phased LSTM must then be exactly an LSTM."""
+    """Force k = 1 everywhere: the Phased LSTM must then be exactly an LSTM. The layer's gate
+    of the general path and the compiled gate that "fused" computes inside its direction (with
+    gradients, as these tests run) are both replaced."""
 
     def ones(times, period, shift, r_on, leak, valid, dtype, *, backend="auto"):
         k = torch.ones(*times.shape, period.shape[0], dtype=dtype)
         return k if valid is None else k * valid.unsqueeze(-1)
 
     monkeypatch.setattr(phased_lstm.nn._base, "sequence_gate", ones)
+    monkeypatch.setattr(phased_lstm.ops._cpu.backend, "time_gate", ones)
 
 
 @pytest.mark.parametrize("num_layers", [1, 2], ids=lambda n: f"L{n}")

@@ -19,7 +19,8 @@ from ..ops._planner import needs_grad
 from ._parameters import TimeGateValues, Weights, create_direction, gate_values
 from .settings import TimeGateSettings, setting
 
-# Steps per chunk of a forward pass that needs no gradient (bounds its memory, not its result).
+# Steps per chunk of a forward pass that needs no gradient and runs the backend's gate and
+# recurrence, for backends without a ``direction`` (bounds its memory, not its result).
 EVAL_CHUNK = 256
 
 
@@ -218,6 +219,12 @@ class PhasedModule(nn.Module):
             needs_grad=grad,
             times_need_grad=torch.is_grad_enabled() and times.requires_grad,
         )
+        direction = chosen.backend.direction
+        if direction is not None and chosen.kernel_gate:
+            if not torch.is_autocast_enabled(x.device.type):
+                return self._run_direct(
+                    direction, weights, chosen, x, times, mask, h0, c0, batch_sizes
+                )
         if x.shape[0] > EVAL_CHUNK and not grad:
             # Without autograd nothing has to outlive a step: run in time chunks with the state
             # carried, so the (L, N, 4H) input projection and k never exist whole.
@@ -237,6 +244,38 @@ class PhasedModule(nn.Module):
                 h_seqs.append(h_seq)
             return torch.cat(h_seqs), h, c
         return self._run_chunk(weights, chosen, x, times, mask, h0, c0, batch_sizes)
+
+    def _run_direct(self, direction, weights, chosen, x, times, mask, h0, c0, batch_sizes):
+        """One layer-direction through the backend's ``direction``: the input projection and
+        the gate computed inside it (see :class:`phased_lstm.ops.Backend`)."""
+        bias = None
+        if weights.bias_ih is not None:
+            bias = weights.bias_ih + weights.bias_hh
+        leak = self.settings.leak if self.training else 0.0
+        clip = math.inf if self.settings.grad_clip is None else self.settings.grad_clip
+        work = chosen.compute_dtype
+        tensors = (x, weights.weight_ih, bias, weights.weight_hh, weights.weight_ch, h0, c0)
+        x, w_ih, bias, w_hh, w_ch, h0, c0 = (None if t is None else t.to(work) for t in tensors)
+        period, shift, r_on = gate_values(weights)
+        h_seq, h_n, c_n = direction(
+            x,
+            times,
+            w_ih,
+            bias,
+            w_hh,
+            w_ch,
+            period,
+            shift,
+            r_on,
+            leak,
+            mask,
+            h0,
+            c0,
+            clip,
+            batch_sizes,
+        )
+        dtype = weights.weight_hh.dtype
+        return h_seq.to(dtype), h_n.to(dtype), c_n.to(dtype)
 
     def _run_chunk(
         self,

@@ -43,6 +43,7 @@ from .reference import reference_gate
 RecurrenceFn = Callable[..., tuple[Tensor, Tensor, Tensor]]
 GateFn = Callable[..., Tensor]
 StreamFn = Callable[..., object]
+DirectionFn = Callable[..., tuple[Tensor, Tensor, Tensor]]
 
 _HALF = (torch.float16, torch.bfloat16)
 _DEVICE_WORDS = {"cpu": "the CPU", "cuda": "CUDA devices"}
@@ -82,6 +83,17 @@ class Backend:
             runs without gradients, in the module's own dtype.
         passed_over: optional, called when ``"auto"`` passes the backend over because it is
             unavailable (the compiled CPU backends warn once there).
+        direction: optionally, one layer-direction straight from the layer's input, a function
+            ``(x, times, weight_ih, bias, weight_hh, weight_ch, period, shift, r_on, leak,
+            valid, h0, c0, grad_clip, batch_sizes) -> (h, h_n, c_n)`` (``bias`` the two biases
+            summed or ``None``; ``valid`` the ``(L, N)`` mask of the padded layout or ``None``;
+            the rest as :func:`phased_lstm.ops.recurrence` and
+            :func:`phased_lstm.ops.sequence_gate` take them) that computes the time gate, the
+            input projection and the recurrence itself, differentiable where the backend
+            computes gradients. It can then skip the projection where the gate is closed, or
+            write it straight where the recurrence reads it. Modules call it instead of their
+            own projection, the gate and the recurrence when autocast is off and the plan uses
+            the backend's own gate; ``None``: they always call those.
     """
 
     name: str
@@ -98,6 +110,7 @@ class Backend:
     gate: GateFn | None = None
     stream: StreamFn | None = None
     passed_over: Callable[[], object] | None = None
+    direction: DirectionFn | None = None
 
 
 @dataclass(frozen=True)

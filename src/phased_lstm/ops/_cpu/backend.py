@@ -1,7 +1,7 @@
 """The compiled CPU backends: ``"fused"`` for training, ``"sparse"`` for inference.
 
-Both run the loop over time steps in C++ (``csrc/recurrence.cpp``), one call per layer and
-direction, on CPU float32/float64 tensors.
+Both run the loop over time steps in C++ (``csrc/train.cpp``, ``csrc/infer.cpp``), one call per
+layer and direction, on CPU float32/float64 tensors.
 
 * ``"fused"``: forward and a hand-written backward (BPTT). The forward keeps only what the
   backward needs, the gate activations and the cell state of every step; the backward does one
@@ -9,21 +9,25 @@ direction, on CPU float32/float64 tensors.
   first-order only: for double backward use ``backend="reference"``. With ``batch_sizes`` (a
   batch sorted by length, longest first) each step computes only its valid rows: the step's
   matrix products and elementwise work shrink to them and the padding rows are copied (the
-  gradient of ``weight_hh`` stays one product over all rows, zeros included).
+  gradient of ``weight_hh`` stays one product over all rows, zeros included). Modules call its
+  ``direction`` (:func:`fused_direction`), which writes the input projection of all steps into
+  the activations' buffer itself.
 * ``"sparse"``: inference without gradients. A neuron whose time gate is exactly closed
   (``k == 0``: eval mode, where the leak is 0, or padding) is not computed at all: no row of
   ``weight_hh`` is read, no nonlinearity evaluated, and its ``h`` and ``c`` are kept bit for
   bit. A step where every neuron of every sample is closed is a copy. Each sample has its own
-  open neurons, and only the open (sample, neuron) pairs are computed, as dot products; when the
-  share of open pairs of a step is high enough for a dense matrix product to be cheaper (see
-  :func:`_dense_above`), that step runs dense. In training mode the leak opens every neuron a
-  little, every step is dense and the result is that of ``"fused"``.
+  open neurons, and only the open (sample, neuron) pairs are computed, as dot products, neuron
+  by neuron so that a neuron's rows of the weights are read once for all the samples open
+  there; when the share of open pairs of a step is high enough for a dense matrix product to be
+  cheaper (see :func:`_dense_above`), that step runs dense. In training mode the leak opens
+  every neuron a little, every step is dense and the result is that of ``"fused"``.
 
-  What it saves grows as fewer neurons are open: one sequence reads each open neuron's rows of
-  ``weight_hh`` once per step, so its work falls with the open share; a batch gains less than
-  ``1 / r_on`` because the dense product reuses each row for every sample. The layer still
-  computes the input projection and the time gate of every step. Measured figures are in the
-  docs/speed.md (``phased-lstm bench``).
+  Modules call its ``direction`` (:func:`sparse_direction`) rather than its gate and
+  recurrence: one call per layer-direction that computes the time gate and, for the open pairs
+  only, the input projection ``x W_ih^T + b``, so that neither exists for all steps, and memory
+  holds the outputs and little else. :func:`phased_lstm.ops.recurrence` with
+  ``backend="sparse"`` takes the projections and the gate as given. What it saves grows as fewer
+  neurons are open. Measured figures are in docs/speed.md (``phased-lstm bench``).
 
 Both bring the compiled time gate (``csrc/time_gate.cpp``), and ``"sparse"`` the streaming
 step (``csrc/stream.cpp``) that runs one event through every layer in one call. The C++ source
@@ -84,12 +88,13 @@ def _inference_args(tensors, batch_sizes):
 def _dense_above(batch: int) -> float:
     """Share of open (sample, neuron) pairs above which a step of "sparse" runs dense.
 
-    A sparse step reads the rows of ``weight_hh`` of each open neuron once per step and does a
-    dot product per open pair; a dense one is a matrix product, which reuses each row for every
-    sample. One sequence never gains from dense; in a batch the crossover, measured at H = 512
-    on a 2-core x86 machine, falls from ~0.85 (4 samples) to ~0.4 (32 and more).
+    A sparse step reads the rows of the weights of each open neuron once per step, for all the
+    samples open there, and does dot products per open pair; a dense one is a matrix product,
+    which reuses each row for every sample. Up to 8 samples a step never gains from dense; in a
+    larger batch the crossover, measured at H = 512 on a 2-core x86 machine (one thread), falls
+    from ~0.8-0.9 (32 samples) towards ~0.75 (128).
     """
-    return min(1.0, 0.35 + 2.0 / batch)
+    return min(1.0, 0.75 + 2.0 / batch)
 
 
 def sparse_recurrence(
@@ -106,6 +111,86 @@ def sparse_recurrence(
     dense_above = _dense_above(h0.shape[0])
     args = _inference_args(_contiguous(*tensors), batch_sizes)
     return torch.ops.phased_lstm.forward_infer(*args, dense_above)
+
+
+def _infer_direction(args, dense_above: float):
+    """``forward_infer_input`` of a direction's arguments (those of :class:`Backend`'s
+    ``direction``, without ``grad_clip`` and ``batch_sizes``), contiguous and in float64 where
+    the gate wants it."""
+    x, times, weight_ih, bias, weight_hh, weight_ch, period, shift, r_on, leak, valid, h0, c0 = args
+    return (
+        *_contiguous(x, times.to(f64), weight_ih, bias, weight_hh, weight_ch),
+        *_contiguous(period.to(f64), shift.to(f64), r_on.to(f64)),
+        float(leak),
+        None if valid is None else valid.contiguous(),
+        *_contiguous(h0, c0),
+    ), dense_above
+
+
+def fused_direction(
+    x,
+    times,
+    weight_ih,
+    bias,
+    weight_hh,
+    weight_ch,
+    period,
+    shift,
+    r_on,
+    leak,
+    valid,
+    h0,
+    c0,
+    grad_clip=math.inf,
+    batch_sizes=None,
+):
+    """The ``direction`` of ``"fused"``; see :class:`phased_lstm.ops.Backend` for the contract.
+
+    With gradients: the compiled gate (an op with its own backward), then ``forward_train_input``,
+    which writes the input projection of all steps, one product, straight into the buffer of
+    the activations (its backward, :mod:`.library`, gives x, W_ih and the bias their gradients
+    as products over all steps). Without: ``forward_infer_input`` with every step that has an
+    open neuron dense, as :func:`fused_recurrence` runs them.
+    """
+    tensors = (x, weight_ih, bias, weight_hh, weight_ch, h0, c0)
+    plan("fused", tensors=tensors, packed=x.dim() == 2)  # raises if it cannot run
+    args = (x, times, weight_ih, bias, weight_hh, weight_ch, period, shift, r_on, leak, valid)
+    if not needs_grad(*tensors, period, shift, r_on):
+        inputs, dense_above = _infer_direction((*args, h0, c0), 0.0)
+        return torch.ops.phased_lstm.forward_infer_input(*inputs, batch_sizes, dense_above)
+    if x.shape[0] == 0:
+        return x.new_empty((*x.shape[:-1], weight_hh.shape[1])), h0, c0
+    k = time_gate(times, period, shift, r_on, leak, valid, x.dtype)
+    inputs = _contiguous(x, weight_ih, bias, k, weight_hh, weight_ch, h0, c0)
+    h, h_n, c_n, _, _ = torch.ops.phased_lstm.forward_train_input(*inputs, batch_sizes, grad_clip)
+    return h, h_n, c_n
+
+
+def sparse_direction(
+    x,
+    times,
+    weight_ih,
+    bias,
+    weight_hh,
+    weight_ch,
+    period,
+    shift,
+    r_on,
+    leak,
+    valid,
+    h0,
+    c0,
+    grad_clip=math.inf,
+    batch_sizes=None,
+):
+    """The ``direction`` of ``"sparse"``: one layer-direction without gradients from its input,
+    the gate and the input projection computed for the open pairs only; see
+    :class:`phased_lstm.ops.Backend` for the contract. ``grad_clip`` changes nothing here."""
+    tensors = (x, weight_ih, bias, weight_hh, weight_ch, h0, c0)
+    plan("sparse", tensors=tensors, packed=x.dim() == 2)  # raises if it cannot run
+    args = (x, times, weight_ih, bias, weight_hh, weight_ch, period, shift, r_on, leak, valid)
+    inputs, dense_above = _infer_direction((*args, h0, c0), _dense_above(h0.shape[0]))
+    return torch.ops.phased_lstm.forward_infer_input(*inputs, batch_sizes, dense_above)
 
 
 def time_gate(times, period, shift, r_on, leak, valid, dtype) -> Tensor:
@@ -142,9 +227,25 @@ _COMMON = {
     "unavailable": _unavailable,
     "passed_over": _warn_passed_over,
 }
-FUSED = Backend("fused", fused_recurrence, gradients=True, priority=10, **_COMMON)
+FUSED = Backend(
+    "fused", fused_recurrence, direction=fused_direction, gradients=True, priority=10, **_COMMON
+)
 SPARSE = Backend(
-    "sparse", sparse_recurrence, stream=stream, gradients=False, priority=20, **_COMMON
+    "sparse",
+    sparse_recurrence,
+    stream=stream,
+    direction=sparse_direction,
+    gradients=False,
+    priority=20,
+    **_COMMON,
 )
 
-__all__ = ["FUSED", "SPARSE", "build_error", "fused_recurrence", "sparse_recurrence"]
+__all__ = [
+    "FUSED",
+    "SPARSE",
+    "build_error",
+    "fused_direction",
+    "fused_recurrence",
+    "sparse_direction",
+    "sparse_recurrence",
+]

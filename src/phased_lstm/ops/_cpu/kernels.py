@@ -49,8 +49,8 @@ FIX = (
 )
 # What the kernels are built from; an install that lacks one of them (a wheel built without its
 # headers) cannot build, and says so instead of blaming the compiler.
-SOURCES = ("recurrence.cpp", "stream.cpp", "time_gate.cpp")
-HEADERS = ("gate_math.h", "lstm_math.h")
+SOURCES = ("train.cpp", "infer.cpp", "stream.cpp", "time_gate.cpp")
+HEADERS = ("gate_math.h", "layout.h", "lstm_math.h")
 # Written into the build's folder once the extension has been built and imported: its presence
 # means the library beside it is complete (a killed link could leave half a file).
 _DONE_MARKER = "phased_lstm_build_done"

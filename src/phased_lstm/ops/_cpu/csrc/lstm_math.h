@@ -19,6 +19,9 @@
 #if defined(__SSE__) || defined(__x86_64__) || defined(_M_X64)
 #include <xmmintrin.h>
 #endif
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
 
 namespace phased_lstm {
 
@@ -51,8 +54,10 @@ class FlushSubnormals {
 
 #if defined(__GNUC__) || defined(__clang__)
 #define PHASED_LSTM_NOINLINE __attribute__((noinline))
+#define PHASED_LSTM_INLINE inline __attribute__((always_inline))
 #else
 #define PHASED_LSTM_NOINLINE
+#define PHASED_LSTM_INLINE inline
 #endif
 
 
@@ -61,7 +66,8 @@ class FlushSubnormals {
 // library's expf/tanhf keep a loop scalar, and the transcendental functions then cost more than
 // the matrix products. They are accurate to a few ulp. For double the C library is used.
 
-inline float vexp(float x) {
+// Always inlined: a call per element costs as much as the function in the scalar loops.
+PHASED_LSTM_INLINE float vexp(float x) {
   x = std::min(std::max(x, -87.0f), 88.0f);
   // e^x = 2^n e^r with n = round(x / ln 2) and |r| <= ln(2) / 2.
   constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding then subtracting it rounds
@@ -85,7 +91,7 @@ inline float vexp(float x) {
   return p * scale;
 }
 
-inline float vtanh(float x) {
+PHASED_LSTM_INLINE float vtanh(float x) {
   const float a = std::fabs(x);
   // 1 - 2 / (e^{2a} + 1) cancels near 0, where the Taylor series takes over.
   const float far = 1.0f - 2.0f / (vexp(2.0f * a) + 1.0f);
@@ -103,74 +109,94 @@ inline double vexp(double x) { return std::exp(x); }
 inline double vtanh(double x) { return std::tanh(x); }
 
 template <typename T>
-inline T vsigmoid(T x) {
+PHASED_LSTM_INLINE T vsigmoid(T x) {
   return T(1) / (T(1) + vexp(-x));
 }
 
 // ---------------------------------------------------------------------------------------------
-// One sample's row of one step. `gates` holds the pre-activations (i, f, g, o) on entry,
-// x W_ih^T + b + h_prev W_hh^T, and the activations on exit. `w_ch` is (3H,) peepholes.
-
-// Not inlined: compiled on their own, with their restrict pointers intact, the loops vectorise;
-// inlined into the parallel lambdas they may not. A call per row costs nothing.
+// The LSTM update of one (sample, neuron) pair from its four pre-activations (i, f, g, o),
+// x W_ih^T + b + h_prev W_hh^T, without peepholes: the one definition every path inlines.
+// `wci`, `wcf`, `wco` are the neuron's peepholes (read only with kPeep).
 template <typename T, bool kPeep>
-PHASED_LSTM_NOINLINE void forward_row(
-    T* __restrict__ gates, const T* __restrict__ c_prev, const T* __restrict__ h_prev,
-    const T* __restrict__ k, const T* __restrict__ w_ch, T* __restrict__ c, T* __restrict__ h,
-    int64_t H) {
-  T* __restrict__ gi = gates;
-  T* __restrict__ gf = gates + H;
-  T* __restrict__ gg = gates + 2 * H;
-  T* __restrict__ go = gates + 3 * H;
-  for (int64_t j = 0; j < H; ++j) {
-    const T cp = c_prev[j];
-    T ai = gi[j];
-    T af = gf[j];
-    if (kPeep) {
-      ai = ai + w_ch[j] * cp;
-      af = af + w_ch[H + j] * cp;
+PHASED_LSTM_INLINE void cell_forward(T ai, T af, T ag, T ao, T cp, T hp, T kj, T wci, T wcf, T wco, T& i,
+                         T& f, T& g, T& o, T& c, T& h) {
+  if (kPeep) {
+    ai = ai + wci * cp;
+    af = af + wcf * cp;
+  }
+  i = vsigmoid(ai);
+  f = vsigmoid(af);
+  g = vtanh(ag);
+  const T c_new = f * cp + i * g;
+  if (kPeep) ao = ao + wco * c_new;
+  o = vsigmoid(ao);
+  const T h_new = o * vtanh(c_new);
+  c = kj * c_new + (T(1) - kj) * cp;
+  h = kj * h_new + (T(1) - kj) * hp;
+}
+
+// What forward_cols does with the activations (i, f, g, o): nothing (inference), write them to
+// `acts`, or read the input parts from `acts` and overwrite them there (the buffer the input
+// projection of all steps was written into).
+enum Acts { kNoActs = 0, kActsOut = 1, kActsInPlace = 2 };
+
+// Forward of `count` neurons of one sample's row. Their pre-activations are the sum of three
+// parts: the input part (x W_ih^T, or x W_ih^T + b; gate q of neuron j at gx[q * gx_stride + j],
+// or with kActsInPlace at acts[q * acts_stride + j]), with kBias `bias` (b, gates H apart), and
+// `rec` (h_prev W_hh^T, gates `rec_stride` apart). `w_ch` points at the peepholes of the first
+// neuron, (3H,) with gates `H` apart.
+// Not inlined: compiled on their own, with their restrict pointers intact, the loops vectorise;
+// inlined into the parallel lambdas they may not. A call per row costs nothing. (Every pointer
+// must stay restrict: with a pair that may alias, the compiler gives up vectorising.)
+template <typename T, bool kPeep, int kActs, bool kBias>
+PHASED_LSTM_NOINLINE void forward_cols(
+    const T* __restrict__ gx, int64_t gx_stride, const T* __restrict__ bias,
+    const T* __restrict__ rec, int64_t rec_stride, T* __restrict__ acts, int64_t acts_stride,
+    const T* __restrict__ c_prev, const T* __restrict__ h_prev, const T* __restrict__ k,
+    const T* __restrict__ w_ch, int64_t H, T* __restrict__ c, T* __restrict__ h,
+    int64_t count) {
+  for (int64_t j = 0; j < count; ++j) {
+    T pre[4];
+    for (int q = 0; q < 4; ++q) {
+      T input = kActs == kActsInPlace ? acts[q * acts_stride + j] : gx[q * gx_stride + j];
+      if (kBias) input = input + bias[q * H + j];
+      pre[q] = input + rec[q * rec_stride + j];
     }
-    const T i = vsigmoid(ai);
-    const T f = vsigmoid(af);
-    const T g = vtanh(gg[j]);
-    const T c_new = f * cp + i * g;
-    T ao = go[j];
-    if (kPeep) ao = ao + w_ch[2 * H + j] * c_new;
-    const T o = vsigmoid(ao);
-    const T h_new = o * vtanh(c_new);
-    const T kj = k[j];
-    c[j] = kj * c_new + (T(1) - kj) * cp;
-    h[j] = kj * h_new + (T(1) - kj) * h_prev[j];
-    gi[j] = i;
-    gf[j] = f;
-    gg[j] = g;
-    go[j] = o;
+    T i, f, g, o;
+    const T wci = kPeep ? w_ch[j] : T(0);
+    const T wcf = kPeep ? w_ch[H + j] : T(0);
+    const T wco = kPeep ? w_ch[2 * H + j] : T(0);
+    cell_forward<T, kPeep>(pre[0], pre[1], pre[2], pre[3], c_prev[j], h_prev[j], k[j], wci, wcf,
+                           wco, i, f, g, o, c[j], h[j]);
+    if (kActs != kNoActs) {
+      acts[j] = i;
+      acts[acts_stride + j] = f;
+      acts[2 * acts_stride + j] = g;
+      acts[3 * acts_stride + j] = o;
+    }
   }
 }
 
-// Backward of one row of one step. On entry `dc` is dL/dc_t; on exit dL/dc_{t-1}. `dh` is
-// dL/dh_t; `dh_prev` receives (1 - k) dL/dh_t plus `seed` (the output's gradient at t - 1, or
-// null): the caller adds dgates W_hh afterwards. `acc` (3H, double) sums the peephole gradients.
+// Backward of `count` neurons of one sample's row. On entry `dc` is dL/dc_t; on exit
+// dL/dc_{t-1}. `dh` is dL/dh_t; `dh_prev` receives (1 - k) dL/dh_t plus `seed` (the output's
+// gradient at t - 1, or null): the caller adds dgates W_hh afterwards. The gradients of the
+// pre-activations go to `dgates` (gates `dg_stride` apart) and with kCopy also to `dg_copy`
+// (gates `copy_stride` apart: the caller's matrix product reads them from there). `acc` (3H,
+// double, gates H apart) sums the peephole gradients.
 // `clip` bounds the gradient of the gate pre-activations (x W_ih^T + b + h W_hh^T) that goes on
 // to gates_x and h_{t-1}, as Lasagne's grad_clipping; the peephole terms are added after that
 // point in the forward pass, so they and the cell state see the unclipped gradient. An infinite
 // `clip` is the identity (NaN stays NaN).
-template <typename T, bool kPeep>
-PHASED_LSTM_NOINLINE void backward_row(
-    const T* __restrict__ acts, const T* __restrict__ c_prev, const T* __restrict__ h_prev,
-    const T* __restrict__ k, const T* __restrict__ w_ch, const T* __restrict__ dh,
-    T* __restrict__ dc, const T* __restrict__ seed, T* __restrict__ dh_prev,
-    T* __restrict__ dgates, T* __restrict__ dk, double* __restrict__ acc, T clip, int64_t H) {
-  const T* __restrict__ gi = acts;
-  const T* __restrict__ gf = acts + H;
-  const T* __restrict__ gg = acts + 2 * H;
-  const T* __restrict__ go = acts + 3 * H;
-  T* __restrict__ di = dgates;
-  T* __restrict__ df = dgates + H;
-  T* __restrict__ dg = dgates + 2 * H;
-  T* __restrict__ do_ = dgates + 3 * H;
-  for (int64_t j = 0; j < H; ++j) {
-    const T i = gi[j], f = gf[j], g = gg[j], o = go[j];
+template <typename T, bool kPeep, bool kCopy>
+PHASED_LSTM_NOINLINE void backward_cols(
+    const T* __restrict__ acts, int64_t acts_stride, const T* __restrict__ c_prev,
+    const T* __restrict__ h_prev, const T* __restrict__ k, const T* __restrict__ w_ch, int64_t H,
+    const T* __restrict__ dh, T* __restrict__ dc, const T* __restrict__ seed,
+    T* __restrict__ dh_prev, T* __restrict__ dgates, int64_t dg_stride, T* __restrict__ dg_copy,
+    int64_t copy_stride, T* __restrict__ dk, double* __restrict__ acc, T clip, int64_t count) {
+  for (int64_t j = 0; j < count; ++j) {
+    const T i = acts[j], f = acts[acts_stride + j], g = acts[2 * acts_stride + j],
+            o = acts[3 * acts_stride + j];
     const T cp = c_prev[j];
     const T c_new = f * cp + i * g;  // recomputed rather than stored: same expression as forward
     const T tc = vtanh(c_new);
@@ -193,32 +219,35 @@ PHASED_LSTM_NOINLINE void backward_row(
     }
     dc[j] = dcp;
     dh_prev[j] = (T(1) - kj) * dhj + (seed != nullptr ? seed[j] : T(0));
-    di[j] = std::min(std::max(dai, -clip), clip);
-    df[j] = std::min(std::max(daf, -clip), clip);
-    dg[j] = std::min(std::max(dag, -clip), clip);
-    do_[j] = std::min(std::max(dao, -clip), clip);
+    const T di = std::min(std::max(dai, -clip), clip);
+    const T df = std::min(std::max(daf, -clip), clip);
+    const T dg = std::min(std::max(dag, -clip), clip);
+    const T do_ = std::min(std::max(dao, -clip), clip);
+    dgates[j] = di;
+    dgates[dg_stride + j] = df;
+    dgates[2 * dg_stride + j] = dg;
+    dgates[3 * dg_stride + j] = do_;
+    if (kCopy) {
+      dg_copy[j] = di;
+      dg_copy[copy_stride + j] = df;
+      dg_copy[2 * copy_stride + j] = dg;
+      dg_copy[3 * copy_stride + j] = do_;
+    }
   }
 }
 
 // The update of a single open neuron, for the sparse steps of inference: `pre` holds its four
-// pre-activations (without peepholes).
+// pre-activations (without peepholes); `h` holds h_prev on entry.
 template <typename T>
 inline void update_one(const T* pre, const T* w_ch, int64_t H, int64_t j, T k, T& c, T& h) {
-  const T cp = c;
-  T ai = pre[0], af = pre[1], ao = pre[3];
+  T i, f, g, o;
   if (w_ch != nullptr) {
-    ai = ai + w_ch[j] * cp;
-    af = af + w_ch[H + j] * cp;
+    cell_forward<T, true>(pre[0], pre[1], pre[2], pre[3], c, h, k, w_ch[j], w_ch[H + j],
+                          w_ch[2 * H + j], i, f, g, o, c, h);
+  } else {
+    cell_forward<T, false>(pre[0], pre[1], pre[2], pre[3], c, h, k, T(0), T(0), T(0), i, f, g,
+                           o, c, h);
   }
-  const T i = vsigmoid(ai);
-  const T f = vsigmoid(af);
-  const T g = vtanh(pre[2]);
-  const T c_new = f * cp + i * g;
-  if (w_ch != nullptr) ao = ao + w_ch[2 * H + j] * c_new;
-  const T o = vsigmoid(ao);
-  const T h_new = o * vtanh(c_new);
-  c = k * c_new + (T(1) - k) * cp;
-  h = k * h_new + (T(1) - k) * h;
 }
 
 // The four rows (i, f, g, o) of neuron j of a (4H, n) row-major matrix `w` dotted with the
@@ -244,6 +273,46 @@ inline void dot4(const T* __restrict__ w, int64_t H, int64_t n, int64_t j,
   out[2] = a2;
   out[3] = a3;
 }
+
+#if defined(__AVX2__) && defined(__FMA__)
+// float with AVX2: two accumulators per row. With one, each row is a chain of dependent
+// multiply-adds, and the four chains wait on the FMA latency (4-5 cycles) instead of using
+// the two FMA units every cycle: the sparse steps of a batch spent most of their time there.
+template <>
+inline void dot4<float>(const float* __restrict__ w, int64_t H, int64_t n, int64_t j,
+                        const float* __restrict__ v, float* __restrict__ out) {
+  const float* __restrict__ rows[4] = {w + j * n, w + (H + j) * n, w + (2 * H + j) * n,
+                                       w + (3 * H + j) * n};
+  __m256 a[4], b[4];
+  for (int q = 0; q < 4; ++q) a[q] = b[q] = _mm256_setzero_ps();
+  int64_t m = 0;
+  for (; m + 16 <= n; m += 16) {
+    const __m256 x0 = _mm256_loadu_ps(v + m);
+    const __m256 x1 = _mm256_loadu_ps(v + m + 8);
+    for (int q = 0; q < 4; ++q) {
+      a[q] = _mm256_fmadd_ps(_mm256_loadu_ps(rows[q] + m), x0, a[q]);
+      b[q] = _mm256_fmadd_ps(_mm256_loadu_ps(rows[q] + m + 8), x1, b[q]);
+    }
+  }
+  if (m + 8 <= n) {
+    const __m256 x0 = _mm256_loadu_ps(v + m);
+    for (int q = 0; q < 4; ++q) a[q] = _mm256_fmadd_ps(_mm256_loadu_ps(rows[q] + m), x0, a[q]);
+    m += 8;
+  }
+  // The four sums at once: pairwise horizontal adds, then the two 128-bit halves.
+  for (int q = 0; q < 4; ++q) a[q] = _mm256_add_ps(a[q], b[q]);
+  const __m256 s01 = _mm256_hadd_ps(a[0], a[1]);
+  const __m256 s23 = _mm256_hadd_ps(a[2], a[3]);
+  const __m256 s = _mm256_hadd_ps(s01, s23);
+  __m128 sums = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+  alignas(16) float tail[4];
+  _mm_store_ps(tail, sums);
+  for (; m < n; ++m) {
+    for (int q = 0; q < 4; ++q) tail[q] += rows[q][m] * v[m];
+  }
+  for (int q = 0; q < 4; ++q) out[q] = tail[q];
+}
+#endif
 
 // A new tensor for one of the large per-sequence buffers (activations, states, gradients).
 // Fresh memory costs a page fault per 4 KiB page on first touch, which on some machines (VMs in

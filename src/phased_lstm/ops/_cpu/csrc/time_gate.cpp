@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "gate_math.h"
+#include "lstm_math.h"
 
 namespace {
 
@@ -48,6 +49,39 @@ void forward_kernel(const double* times, const double* period, const double* shi
   });
 }
 
+// The gate's gradients of one row (one timestamp t), added to the (H,) sums of period, shift
+// and r_on. Branch-free, so that the loop vectorises: every case is computed and one selected
+// (a zero gradient adds zeros; the timestamps and parameters are finite). Not inlined, with
+// restrict pointers: inside the parallel lambda the loop did not vectorise.
+template <typename scalar_t>
+PHASED_LSTM_NOINLINE void backward_row(const scalar_t* __restrict__ grad_k, double t,
+                                       const double* __restrict__ period,
+                                       const double* __restrict__ inv_period,
+                                       const double* __restrict__ shift,
+                                       const double* __restrict__ r_on, double leak,
+                                       int64_t hidden, double* __restrict__ acc_period,
+                                       double* __restrict__ acc_shift,
+                                       double* __restrict__ acc_r_on) {
+  for (int64_t h = 0; h < hidden; ++h) {
+    const double g = static_cast<double>(grad_k[h]);
+    const double tau = period[h];
+    const double inv = inv_period[h];
+    const double x = t - shift[h];
+    const double phase = gate_phase(x, tau, inv);
+    const double r = r_on[h];
+    const bool rising = phase < r / 2;
+    const bool open = phase < r;
+    const double dk_dphase = open ? (rising ? 2 / r : -2 / r) : leak;
+    const double dk_dr = open ? (rising ? -2.0 : 2.0) * phase / (r * r) : 0.0;
+    // phase = (x - tau * floor(x / tau)) / tau, with d(x mod tau)/dtau = -floor(x / tau).
+    const double dphase_dtau = (-std::floor(x * inv) - phase) * inv;
+    const double gp = g * dk_dphase;
+    acc_period[h] += gp * dphase_dtau;
+    acc_shift[h] -= gp * inv;
+    acc_r_on[h] += g * dk_dr;
+  }
+}
+
 template <typename scalar_t>
 void backward_kernel(const scalar_t* grad_k, const double* times, const double* period,
                      const double* shift, const double* r_on, double leak, const bool* valid,
@@ -61,33 +95,8 @@ void backward_kernel(const scalar_t* grad_k, const double* times, const double* 
     double* acc = partial.data() + static_cast<size_t>(at::get_thread_num()) * 3 * hidden;
     for (int64_t row = begin; row < end; ++row) {
       if (valid != nullptr && !valid[row]) continue;
-      const double t = times[row];
-      const scalar_t* g_row = grad_k + row * hidden;
-      for (int64_t h = 0; h < hidden; ++h) {
-        const double g = static_cast<double>(g_row[h]);
-        if (g == 0.0) continue;
-        const double tau = period[h];
-        const double x = t - shift[h];
-        const double phase = gate_phase(x, tau, inv_period[h]);
-        const double r = r_on[h];
-        double dk_dphase, dk_dr;
-        if (phase < r / 2) {
-          dk_dphase = 2 / r;
-          dk_dr = -2 * phase / (r * r);
-        } else if (phase < r) {
-          dk_dphase = -2 / r;
-          dk_dr = 2 * phase / (r * r);
-        } else {
-          dk_dphase = leak;
-          dk_dr = 0.0;
-        }
-        // phase = (x - tau * floor(x / tau)) / tau, with d(x mod tau)/dtau = -floor(x / tau).
-        const double dphase_dtau = (-std::floor(x * inv_period[h]) - phase) * inv_period[h];
-        const double gp = g * dk_dphase;
-        acc[h] += gp * dphase_dtau;
-        acc[hidden + h] -= gp * inv_period[h];
-        acc[2 * hidden + h] += g * dk_dr;
-      }
+      backward_row(grad_k + row * hidden, times[row], period, inv_period.data(), shift, r_on,
+                   leak, hidden, acc, acc + hidden, acc + 2 * hidden);
     }
   });
   for (int thread = 0; thread < threads; ++thread) {
@@ -160,7 +169,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> time_gate_backward(
   return {grad_period, grad_shift, grad_r_on};
 }
 
-// A fragment of the library that csrc/recurrence.cpp defines: both files build one extension.
+// A fragment of the library that csrc/train.cpp defines: all the files build one extension.
 TORCH_LIBRARY_FRAGMENT(phased_lstm, m) {
   m.def(
       "time_gate_forward(Tensor times, Tensor period, Tensor shift, Tensor r_on, float leak, "
