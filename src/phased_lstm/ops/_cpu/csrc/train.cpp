@@ -32,6 +32,32 @@ namespace {
 
 using namespace phased_lstm;
 
+// `rows` of a matrix's leading rows, without a new view when that is all of them (views cost
+// about a microsecond each, several per step).
+at::Tensor leading(const at::Tensor& matrix, int64_t rows) {
+  return rows == matrix.size(0) ? matrix : matrix.narrow(0, 0, rows);
+}
+
+// Block p's rows of a (4H, F) weight ordered by rows_by_block, (4 size(p), F).
+std::vector<at::Tensor> block_rows(const at::Tensor& w, const Blocks& blocks) {
+  std::vector<at::Tensor> rows;
+  for (int64_t p = 0; p < blocks.count(); ++p) {
+    rows.push_back(w.narrow(0, 4 * blocks.begin[p], 4 * blocks.size(p)));
+  }
+  return rows;
+}
+
+// Block p's (N, 4 size(p)) matrix within a buffer of N 4H elements.
+std::vector<at::Tensor> block_matrices(const at::Tensor& buffer, const Blocks& blocks,
+                                       int64_t N) {
+  std::vector<at::Tensor> out;
+  for (int64_t p = 0; p < blocks.count(); ++p) {
+    const int64_t B = blocks.size(p);
+    out.push_back(buffer.narrow(0, N * 4 * blocks.begin[p], N * 4 * B).view({N, 4 * B}));
+  }
+  return out;
+}
+
 // The blocks of a step's work (B samples, H neurons: a (B, H) x (H, 4H) product).
 Blocks train_blocks(int64_t N, int64_t H) {
   return neuron_blocks(H, N * 4 * H * H, at::get_num_threads());
@@ -53,6 +79,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_forwa
   const at::Tensor w = rows_by_block(weight_hh, blocks);
   // h_prev W_hh^T of a step, block p's columns as an (N, 4 size(p)) matrix from N 4 begin[p].
   const at::Tensor rec = at::empty({N * 4 * H}, acts.options());
+  const std::vector<at::Tensor> w_rows = block_rows(w, blocks);
+  const std::vector<at::Tensor> rec_blocks = block_matrices(rec, blocks, N);
   const bool peep = weight_ch.has_value();
   const T* w_ch = peep ? weight_ch->data_ptr<T>() : nullptr;
   const T* bias_p = bias.has_value() ? bias->data_ptr<T>() : nullptr;
@@ -84,8 +112,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_forwa
       const int64_t j0 = blocks.begin[p], B = blocks.size(p);
       T* rec_block = rec_p + N * 4 * j0;
       if (active > 0) {
-        at::Tensor out = rec.narrow(0, N * 4 * j0, active * 4 * B).view({active, 4 * B});
-        at::mm_out(out, h_prev.narrow(0, 0, active), w.narrow(0, 4 * j0, 4 * B).t());
+        at::Tensor out = leading(rec_blocks[p], active);
+        at::mm_out(out, leading(h_prev, active), w_rows[p].t());
       }
       for (int64_t n = 0; n < active; ++n) {
         const int64_t row = (base + n) * H + j0;
@@ -222,6 +250,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   // `dg_block` ((N, 4 size(p)) from N 4 begin[p]) for its product.
   const at::Tensor parts = at::empty({2, P, N, H}, k.options());
   const at::Tensor dg_block = at::empty({P > 1 ? N * 4 * H : 0}, k.options());
+  const std::vector<at::Tensor> w_rows = block_rows(w, blocks);
+  const std::vector<at::Tensor> dg_blocks =
+      P > 1 ? block_matrices(dg_block, blocks, N) : std::vector<at::Tensor>();
+  std::vector<at::Tensor> part_sets[2];
+  for (int64_t set = 0; set < 2; ++set) {
+    for (int64_t p = 0; p < P; ++p) part_sets[set].push_back(parts[set][p]);
+  }
   // The peephole sums, in double; each neuron's belong to one block.
   at::Tensor acc = at::zeros({peep ? 3 * H : 0}, k.options().dtype(at::kDouble));
   int64_t summed_rows = 0;  // rows of the set of parts written at the step after
@@ -238,6 +273,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     T* dc_p = dc.data_ptr<T>();
     T* dgb_p = P > 1 ? dg_block.data_ptr<T>() : nullptr;
     double* acc_p = peep ? acc.data_ptr<double>() : nullptr;
+    const T* parts_p = parts.data_ptr<T>();
     const auto clip = static_cast<T>(grad_clip);
     for (int64_t t = L - 1; t >= 0; --t) {
       const int64_t prev = t == 0 ? 0 : layout.offset[t - 1];
@@ -252,7 +288,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       const int64_t stored = layout.stored(t);
       const int64_t base = layout.offset[t];
       const int64_t read_set = t % 2, write_set = 1 - read_set;
-      const T* read_parts = parts[read_set].data_ptr<T>();
+      const T* read_parts = parts_p + read_set * P * N * H;
       for_each_block(blocks, [&](int64_t p) {
         const int64_t j0 = blocks.begin[p], B = blocks.size(p);
         // dL/dh_t of this block's neurons: what came through W_hh from step t + 1 added.
@@ -291,11 +327,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
               dk_p + row, peep ? acc_p + j0 : nullptr, clip, B);
         }
         if (active > 0) {
-          const at::Tensor grads =
-              P > 1 ? dg_block.narrow(0, N * 4 * j0, active * 4 * B).view({active, 4 * B})
-                    : step_rows(dgates, layout, t).narrow(0, 0, active);
-          at::Tensor out = parts[write_set][p].narrow(0, 0, active);
-          at::mm_out(out, grads, w.narrow(0, 4 * j0, 4 * B));
+          const at::Tensor grads = P > 1 ? leading(dg_blocks[p], active)
+                                         : leading(step_rows(dgates, layout, t), active);
+          at::Tensor out = leading(part_sets[write_set][p], active);
+          at::mm_out(out, grads, w_rows[p]);
         }
       });
       summed_rows = active;
