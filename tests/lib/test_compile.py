@@ -97,6 +97,21 @@ def test_opcheck(index):
     torch.library.opcheck(op, args)
 
 
+def test_forward_train_zeroes_the_activations_of_padding_rows():
+    # Padded input with lengths: the saved activations of rows past batch_sizes[t] are zeros,
+    # not what the allocator held (two calls on the same inputs then differed, and opcheck with
+    # them). Memory of the size of acts, full of NaN and freed just before, shows an unwritten
+    # element.
+    gen = torch.Generator().manual_seed(1)
+    tensors, _ = recurrence_args(gen, packed=False)
+    batch_sizes = torch.tensor([2, 2, 1, 1])
+    for _ in range(3):
+        torch.full(tensors[0].shape, math.nan, dtype=f64)
+        *_, acts = torch.ops.phased_lstm.forward_train(*tensors, batch_sizes, math.inf)
+        assert torch.equal(acts[2:, 1:], torch.zeros_like(acts[2:, 1:]))
+        assert torch.isfinite(acts).all()
+
+
 def model_and_inputs():
     torch.manual_seed(0)
     model = PhasedLSTM(3, 8, 2, peepholes=True, r_on=0.3, period_range=(2.0, 10.0))

@@ -164,6 +164,20 @@ def test_opcheck(triton_ops, case, device):
     torch.library.opcheck(op, args)
 
 
+@on_device
+def test_forward_train_zeroes_the_activations_of_padding_rows(triton_ops, device):
+    # Rows past batch_sizes[t] are padding: their saved activations are zeros, not whatever the
+    # allocator held (then two calls on the same inputs differed, and opcheck's trace with them).
+    state = [t.detach() for t in op_inputs(3, 2, 4, f64, device, peepholes=True).values()]
+    batch_sizes = torch.tensor([2, 1, 1])
+    for _ in range(3):
+        # Memory of the size of acts, full of NaN and freed: an unwritten element shows it.
+        torch.full((3, 2, 16), math.nan, dtype=f64, device=device)
+        *_, acts = triton_ops.forward_train(*state, batch_sizes, math.inf, [])
+        assert torch.equal(acts[1:, 1:], torch.zeros_like(acts[1:, 1:]))
+        assert torch.isfinite(acts).all()
+
+
 # ---------------------------------------------------------------------------- torch.compile
 def gate_and_recurrence(backend):
     """A function of the time gate and the recurrence of one layer-direction on ``backend``

@@ -243,11 +243,13 @@ def forward_block(
     tl.store(h_ptr + state, tl.where(valid[:, None], h_next, hp), mask=mask)
     tl.store(c_ptr + state, tl.where(valid[:, None], c_next, cp), mask=mask)
     if SAVE:
-        smask = mask & valid[:, None]
-        tl.store(acts_ptr + gates, i, mask=smask)
-        tl.store(acts_ptr + gates + H, f, mask=smask)
-        tl.store(acts_ptr + gates + 2 * H, g, mask=smask)
-        tl.store(acts_ptr + gates + 3 * H, o, mask=smask)
+        # Padding rows store zeros: left unwritten, they would hand back whatever the allocator
+        # held (an output that differs between two calls on the same inputs).
+        v = valid[:, None]
+        tl.store(acts_ptr + gates, tl.where(v, i, 0.0), mask=mask)
+        tl.store(acts_ptr + gates + H, tl.where(v, f, 0.0), mask=mask)
+        tl.store(acts_ptr + gates + 2 * H, tl.where(v, g, 0.0), mask=mask)
+        tl.store(acts_ptr + gates + 3 * H, tl.where(v, o, 0.0), mask=mask)
 
 
 @triton.jit

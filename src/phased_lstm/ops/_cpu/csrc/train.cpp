@@ -126,6 +126,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_forwa
         const int64_t row = (base + n) * H + j0;
         std::memcpy(h_p + row, hp + n * H + j0, sizeof(T) * B);
         std::memcpy(c_p + row, cp + n * H + j0, sizeof(T) * B);
+        if (!in_place) {  // zeros, not what the allocator held: the same output every call
+          const int64_t gates = (base + n) * 4 * H + j0;
+          for (int64_t gate = 0; gate < 4; ++gate) {
+            std::memset(acts_p + gates + gate * H, 0, sizeof(T) * B);
+          }
+        }
       }
     });
   }
@@ -145,8 +151,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_t
   FlushSubnormals flush;
   const Layout layout = make_layout(gates_x, h0, batch_sizes, "gates_x");
   check_inputs(layout, gates_x, k, weight_hh, weight_ch, h0, c0);
-  // The activations of every step; the rows of padding are left unwritten (backward never
-  // reads them).
+  // The activations of every step; the rows of padding hold zeros (backward never reads them,
+  // but an output must not depend on what the allocator held).
   const at::Tensor acts = empty_buffer(gates_x.sizes(), gates_x.options());
   std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(gates_x.scalar_type(), "phased_lstm_forward_train", [&] {
