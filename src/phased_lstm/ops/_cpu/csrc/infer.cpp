@@ -83,17 +83,36 @@ struct Infer {
         std::memcpy(ht + n * H + j0, hp + n * H + j0, sizeof(T) * (j1 - j0));
       }
       T pre[4], rec[4];
+      // Whether any sample of the step is open at neuron j.
+      const auto open_at = [&](int64_t j) {
+        for (int64_t n = 0; n < rows; ++n) {
+          if (k[n * H + j] != T(0)) return true;
+        }
+        return false;
+      };
       // Neuron by neuron, so that its rows of the weights are read from memory once and from
-      // the cache for every further sample open there.
-      for (int64_t j = j0; j < j1; ++j) {
+      // the cache for every further sample open there; the next open neuron's rows are asked
+      // for as this one starts.
+      int64_t j = j0;
+      while (j < j1 && !open_at(j)) ++j;
+      while (j < j1) {
+        int64_t next = j + 1;
+        while (next < j1 && !open_at(next)) ++next;
+        bool first = next < j1;  // the first sample open here fetches the next neuron's rows
         for (int64_t n = 0; n < rows; ++n) {
           const T kv = k[n * H + j];
           if (kv == T(0)) continue;
           input.pre(n, j, H, pre);
-          dot4(w_hh, H, H, j, hp + n * H, rec);
+          if (first) {
+            dot4_fetching(w_hh, H, H, j, next, hp + n * H, rec);
+            first = false;
+          } else {
+            dot4(w_hh, H, H, j, hp + n * H, rec);
+          }
           for (int64_t q = 0; q < 4; ++q) pre[q] = pre[q] + rec[q];
           update_one(pre, w_ch, H, j, kv, c[n * H + j], ht[n * H + j]);
         }
+        j = next;
       }
     });
   }
