@@ -60,6 +60,17 @@ class FlushSubnormals {
 #define PHASED_LSTM_INLINE inline
 #endif
 
+// Before a loop whose iterations are independent although it reads and writes several rows of
+// one buffer at runtime strides (acts, dgates): without it GCC proves that with runtime checks,
+// and past its limit of ten checks it leaves the whole loop scalar.
+#if defined(__clang__)
+#define PHASED_LSTM_INDEPENDENT _Pragma("clang loop vectorize(assume_safety)")
+#elif defined(__GNUC__)
+#define PHASED_LSTM_INDEPENDENT _Pragma("GCC ivdep")
+#else
+#define PHASED_LSTM_INDEPENDENT
+#endif
+
 
 // ---------------------------------------------------------------------------------------------
 // Elementwise math. For float, branch-free versions the compiler can vectorise: calls to the C
@@ -194,6 +205,7 @@ PHASED_LSTM_NOINLINE void backward_cols(
     const T* __restrict__ dh, T* __restrict__ dc, const T* __restrict__ seed,
     T* __restrict__ dh_prev, T* __restrict__ dgates, int64_t dg_stride, T* __restrict__ dg_copy,
     int64_t copy_stride, T* __restrict__ dk, double* __restrict__ acc, T clip, int64_t count) {
+  PHASED_LSTM_INDEPENDENT
   for (int64_t j = 0; j < count; ++j) {
     const T i = acts[j], f = acts[acts_stride + j], g = acts[2 * acts_stride + j],
             o = acts[3 * acts_stride + j];
