@@ -169,15 +169,24 @@ def test_infer_input_with_lengths(dtype, layout):
 
 @two_threads
 @pytest.mark.parametrize("dense_above", [0.0, 1.0], ids=["dense", "sparse"])
-def test_infer_input_with_work_split_over_threads(threads, monkeypatch, dense_above):
+@pytest.mark.parametrize(
+    "batch, hidden, r_on, dtype",
+    [(16, 70, 0.5, f64), (2, 140, 0.9, f32)],
+    ids=["batch", "few-samples-float32"],
+)
+def test_infer_input_with_work_split_over_threads(
+    threads, monkeypatch, dense_above, batch, hidden, r_on, dtype
+):
     # Enough open pairs per step for the sparse steps to split the neurons over two threads;
-    # H = 70 is no multiple of the blocks' alignment.
+    # H = 70 is no multiple of the blocks' alignment. Steps of a few samples split in a plain
+    # OpenMP region, of more in ATen's; float32 takes the vectorised dot products that fetch
+    # the next open neuron's rows.
     monkeypatch.setattr(cpu, "_dense_above", lambda batch: dense_above)
-    a = infer_inputs(12, 16, 5, 70, f64, r_on=0.5, peepholes=True, seed=3)
+    a = infer_inputs(12, batch, 5, hidden, dtype, r_on=r_on, peepholes=True, seed=3)
     want = reference_of(a, 0.0)
     got = run_infer(a, 0.0)
     for name, g, w in zip(("h", "h_n", "c_n"), got, want, strict=True):
-        assert_near(g, w, f64, name)
+        assert_near(g, w, dtype, name)
     assert_closed_pairs_held(a, got[0], 0.0)
 
 

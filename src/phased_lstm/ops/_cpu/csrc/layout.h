@@ -254,4 +254,29 @@ void for_each_block(const Blocks& blocks, const F& body) {
   });
 }
 
+// for_each_block for bodies that call nothing of ATen (plain loops over raw pointers): they need
+// none of the caller's thread-local state, whose capture and restore in every thread cost about
+// a microsecond per region, a tenth of a sparse evaluation step at H=512. With OpenMP (the
+// kernels' build on Linux) the region is OpenMP's own, on the threads ATen's regions use.
+template <typename F>
+void for_each_block_plain(const Blocks& blocks, const F& body) {
+  const int64_t count = blocks.count();
+  if (count == 1) {
+    body(int64_t{0});
+    return;
+  }
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(static_cast<int>(count)) schedule(static, 1)
+  for (int64_t p = 0; p < count; ++p) {
+    FlushSubnormals flush_here;
+    body(p);
+  }
+#else
+  at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
+    FlushSubnormals flush_here;
+    for (int64_t p = begin; p < end; ++p) body(p);
+  });
+#endif
+}
+
 }  // namespace phased_lstm
