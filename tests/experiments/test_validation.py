@@ -297,3 +297,34 @@ def test_long_preset_is_the_issue_protocol():
     assert (config.validation_share, config.patience, config.min_delta) == (0.1, 5, 0.003)
     assert config.epochs == 60 and config.test_sets == "at-end"
     assert config.lr_sweep == [3e-4, 1e-3, 3e-3] and config.gradient_clip_mode == "gates"
+
+
+def test_resume_checks_the_checkpoints_of_the_sweep_it_will_continue(tmp_path):
+    # A last.ckpt cut short inside OUT/sweep/lr-RATE: --resume refuses before training, naming
+    # the file, and --restart-broken sets it aside as for a main run. Once the sweep has chosen
+    # every model's rate its folders are not resumed, and not checked.
+    from phased_lstm_experiments.files import ExperimentError
+    from phased_lstm_experiments.resume import check_checkpoints
+    from phased_lstm_experiments.sweep import sweep_folder
+
+    config = preset_config("freq", "quick")
+    config.models, config.lr_sweep, config.sweep_epochs = ["plstm"], [1e-3, 3e-3], 1
+    config.conditions, config.seeds = ["standard"], [1]
+    out = tmp_path / "freq"
+    folder = sweep_folder(out, 3e-3)
+    checkpoint = folder / "runs" / "plstm-standard-seed1" / "checkpoints" / "last.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    torch.save({"global_step": 1}, checkpoint)
+    whole = checkpoint.read_bytes()
+    checkpoint.write_bytes(whole[: len(whole) // 2])
+    notes = []
+    with pytest.raises(ExperimentError, match=f"the checkpoint {checkpoint} is unreadable"):
+        check_checkpoints(config, out, {"runs": {}}, restart_broken=False, note=notes.append)
+    assert checkpoint.exists()
+    chosen = {"runs": {}, "learning_rates": {"plstm": 3e-3}}
+    check_checkpoints(config, out, chosen, restart_broken=False, note=notes.append)
+    check_checkpoints(config, out, {"runs": {}}, restart_broken=True, note=notes.append)
+    assert not checkpoint.exists()
+    assert (checkpoint.parent / "last.ckpt.broken").read_bytes() == whole[: len(whole) // 2]
+    assert notes and "sweep/lr-0.003/plstm-standard-seed1 starts again" in notes[0], notes
