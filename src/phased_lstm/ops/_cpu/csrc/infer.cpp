@@ -62,14 +62,14 @@ struct StepInput {
   }
 };
 
-// What a step of inference reads and writes besides its input: the recurrent weights, and the
-// blocks its sparse steps split the neurons into when they have enough work for threads.
 // Sparse steps of at most this many rows run their blocks in a plain OpenMP region (see
 // for_each_block_plain): a step of one sample at H=512 takes ~9 us, of which the thread-local
 // state of an ATen region took ~1 us. For a batch of 32 the plain region measured slower
 // (batch-eval 287 -> 365 ms at 2 threads), for reasons not found: there ATen's region stays.
 constexpr int64_t kPlainRows = 4;
 
+// What a step of inference reads and writes besides its input: the recurrent weights, and the
+// blocks its sparse steps split the neurons into when they have enough work for threads.
 template <typename T>
 struct Infer {
   int64_t H = 0, I = 0;
