@@ -227,7 +227,8 @@ def worth_estimating(config: ExperimentConfig, left: dict[Pair, int], batches: i
     preset. A tiny run costs less than its miniature and goes without."""
     pairs = {run[:2] for run, epochs in left.items() if epochs > 0}
     miniatures = len(pairs) * MINIATURE_EPOCHS * (batches + 1)
-    test = math.ceil(config.test_samples / config.batch_size)
+    # What every epoch evaluates: the validation split where the runs validate, else the test set.
+    test = math.ceil(get_task(config.experiment).evaluation_samples(config) / config.batch_size)
     runs = sum(
         epochs * (math.ceil(config.samples_for(run[1]) / config.batch_size) + test)
         for run, epochs in left.items()

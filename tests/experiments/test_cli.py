@@ -286,6 +286,19 @@ def test_every_command_worth_it_gets_the_estimate():
     assert not estimate.worth_estimating(config, {run: 0 for run in TASKS["freq"].runs(config)})
 
 
+def test_worth_estimating_counts_what_each_epoch_evaluates(monkeypatch):
+    # A validating run evaluates its validation split every epoch, not the test set: a tiny
+    # training set with a large validation split is worth its miniatures, with a tiny one not.
+    config = preset_config("freq", "quick")
+    config.epochs, config.samples_per_epoch, config.test_samples = 1, 32, 32
+    config.condition_samples = {}
+    left = {run: 1 for run in TASKS["freq"].runs(config)}
+    monkeypatch.setattr(type(TASKS["freq"]), "evaluation_samples", lambda self, c: 100_000)
+    assert estimate.worth_estimating(config, left)
+    monkeypatch.setattr(type(TASKS["freq"]), "evaluation_samples", lambda self, c: 32)
+    assert not estimate.worth_estimating(config, left)
+
+
 def test_schedule_hands_each_run_to_the_first_free_worker():
     # Worker A: 3, then 1 at t=3, then 1 at t=4; worker B: 3, then 1 at t=3: the last ends at 5,
     # not at the 4.5 of the total shared evenly.
