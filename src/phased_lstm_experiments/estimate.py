@@ -82,7 +82,7 @@ class RunTiming:
 
     def epoch_seconds(self, config: ExperimentConfig, condition: str) -> float:
         training = math.ceil(config.samples_for(condition) / config.batch_size)
-        test = math.ceil(get_task(config.experiment).evaluation_samples(config) / config.batch_size)
+        test = evaluation_batches(config)
         return training * self.training_batch + test * self.test_pass + self.epoch_rest
 
     def run_seconds(self, config: ExperimentConfig, condition: str, epochs: int) -> float:
@@ -220,6 +220,12 @@ def epochs_left(config: ExperimentConfig, results: dict, out: Path | None) -> di
     return left
 
 
+def evaluation_batches(config: ExperimentConfig) -> int:
+    """Batches of what every epoch evaluates: the validation split where the runs validate,
+    else the test set (the task's ``evaluation_samples``)."""
+    return math.ceil(get_task(config.experiment).evaluation_samples(config) / config.batch_size)
+
+
 def worth_estimating(config: ExperimentConfig, left: dict[Pair, int], batches: int = 3) -> bool:
     """Whether the miniatures of :func:`estimate_time` cost at most ``ESTIMATE_SHARE`` of the
     runs they estimate, counted in batches (training and test): then every command gets the
@@ -227,8 +233,7 @@ def worth_estimating(config: ExperimentConfig, left: dict[Pair, int], batches: i
     preset. A tiny run costs less than its miniature and goes without."""
     pairs = {run[:2] for run, epochs in left.items() if epochs > 0}
     miniatures = len(pairs) * MINIATURE_EPOCHS * (batches + 1)
-    # What every epoch evaluates: the validation split where the runs validate, else the test set.
-    test = math.ceil(get_task(config.experiment).evaluation_samples(config) / config.batch_size)
+    test = evaluation_batches(config)
     runs = sum(
         epochs * (math.ceil(config.samples_for(run[1]) / config.batch_size) + test)
         for run, epochs in left.items()

@@ -15,8 +15,14 @@ from phased_lstm_experiments.config import (  # noqa: E402
     ExperimentConfig,
     protocol_of,
 )
+from phased_lstm_experiments.files import ExperimentError  # noqa: E402
+from phased_lstm_experiments.resume import check_checkpoints  # noqa: E402
 from phased_lstm_experiments.runner import build_run  # noqa: E402
-from phased_lstm_experiments.sweep import choose_rates, sweep_learning_rates  # noqa: E402
+from phased_lstm_experiments.sweep import (  # noqa: E402
+    choose_rates,
+    sweep_folder,
+    sweep_learning_rates,
+)
 from phased_lstm_experiments.tasks import get_task, preset_config  # noqa: E402
 from phased_lstm_experiments.training import TaskModule  # noqa: E402
 from tests.experiments.helpers import read_results, run_cli  # noqa: E402
@@ -303,10 +309,6 @@ def test_resume_checks_the_checkpoints_of_the_sweep_it_will_continue(tmp_path):
     # A last.ckpt cut short inside OUT/sweep/lr-RATE: --resume refuses before training, naming
     # the file, and --restart-broken sets it aside as for a main run. Once the sweep has chosen
     # every model's rate its folders are not resumed, and not checked.
-    from phased_lstm_experiments.files import ExperimentError
-    from phased_lstm_experiments.resume import check_checkpoints
-    from phased_lstm_experiments.sweep import sweep_folder
-
     config = preset_config("freq", "quick")
     config.models, config.lr_sweep, config.sweep_epochs = ["plstm"], [1e-3, 3e-3], 1
     config.conditions, config.seeds = ["standard"], [1]
