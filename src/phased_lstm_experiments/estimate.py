@@ -32,7 +32,7 @@ from .config import ExperimentConfig, TrainerOptions, is_finished, run_name
 from .files import ExperimentError
 from .interrupts import children_ignore_sigint
 from .pool import _watch_parent, worker_threads
-from .run import checkpoint_path, flush_denormals, quiet_lightning, train_run
+from .run import flush_denormals, quiet_lightning, train_run, trained_epochs
 from .runner import (
     run_order,
 )
@@ -209,13 +209,7 @@ def epochs_left(config: ExperimentConfig, results: dict, out: Path | None) -> di
         if is_finished(config, results.get("runs", {}).get(run_name(*run))):
             left[run] = 0
             continue
-        trained = 0
-        checkpoint = checkpoint_path(out, run_name(*run)) if out is not None else None
-        if checkpoint is not None and checkpoint.exists():
-            # Unreadable: the runner will say so when it resumes; count the whole run here.
-            with contextlib.suppress(Exception):
-                state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-                trained = len(state.get("history", []))
+        trained = trained_epochs(out, run_name(*run)) if out is not None else 0
         left[run] = max(0, config.epochs - trained)
     return left
 

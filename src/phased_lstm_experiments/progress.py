@@ -46,6 +46,8 @@ class Progress:
         interval: seconds between summary lines without a bar.
         expected: the estimated seconds of the whole command, shown as the ETA (less the time
             elapsed, marked "estimated") until some training has been measured.
+        resumed: epochs each run had finished before this command (``--resume``), counted as
+            done from the start, also for runs that wait for a free worker.
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class Progress:
         bar: bool | None = None,
         interval: float = 60.0,
         expected: float | None = None,
+        resumed: dict[str, float] | None = None,
     ):
         self.stream = stream if stream is not None else sys.stderr
         self.bar = self.stream.isatty() if bar is None else bar
@@ -65,8 +68,9 @@ class Progress:
         self.interval = interval
         self.expected = expected
         self.started = time.monotonic()
-        self._done: dict[str, float] = dict.fromkeys(runs, 0.0)  # epochs, fractional
-        self._resumed: dict[str, float] = dict.fromkeys(runs, 0.0)
+        before = {name: float((resumed or {}).get(name, 0.0)) for name in runs}
+        self._done: dict[str, float] = dict(before)  # epochs, fractional
+        self._resumed: dict[str, float] = dict(before)
         self._finished: set[str] = set()
         self._training_since: float | None = None  # the first run's start
         self._measured = False  # whether an epoch has ended

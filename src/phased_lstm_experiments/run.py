@@ -274,3 +274,17 @@ def flush_denormals() -> bool:
 def checkpoint_path(out: Path, name: str) -> Path:
     """Where run ``name`` of the experiment in ``out`` keeps its last finished epoch."""
     return out / "runs" / name / "checkpoints" / "last.ckpt"
+
+
+def trained_epochs(out: Path, name: str) -> int:
+    """Epochs run ``name`` in ``out`` has finished by its checkpoint (what ``--resume``
+    continues after); 0 without a checkpoint or with one that cannot be read (the runner says
+    so when it resumes)."""
+    checkpoint = checkpoint_path(out, name)
+    if not checkpoint.exists():
+        return 0
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except Exception:
+        return 0
+    return len(state.get("history", []))

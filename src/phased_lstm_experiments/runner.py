@@ -45,6 +45,7 @@ from .run import (
     make_trainer,
     quiet_lightning,
     train_run,
+    trained_epochs,
 )
 from .sweep import sweep_learning_rates
 from .tasks import get_task
@@ -191,6 +192,9 @@ def run_experiment(
             config.epochs,
             bar=None if config.trainer.progress_bar else False,
             expected=expected_seconds,
+            resumed={run_name(*run): trained_epochs(out, run_name(*run)) for run in pending}
+            if resume
+            else None,
         )
         # "running" until the command ends; it stays so if the process was killed outright.
         session = {"started": _now(), "ended": None, "seconds": 0.0, "runs": 0, "jobs": jobs}

@@ -434,6 +434,23 @@ def test_progress_lines_without_a_terminal():
     assert progress.fraction() == pytest.approx((2 * 1 + 1 * 3) / (2 * 1 + 2 * 3))
 
 
+def test_progress_counts_resumed_epochs_of_runs_still_waiting_for_a_worker(monkeypatch):
+    """--resume with more runs than workers: a run that has not started in this command yet
+    still has its checkpoint's epochs done (once showed 37 of 480 with 77 trained)."""
+    clock_now = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock_now[0])
+    resumed = {"a": 3, "b": 2, "c": 0}
+    progress = Progress(dict.fromkeys("abc", 1.0), 4, stream=StringIO(), bar=False, resumed=resumed)
+    assert " 5 of 12 epochs" in progress.summary()
+    assert progress.fraction() == pytest.approx(5 / 12)
+    progress.start("a", 3)
+    clock_now[0] += 100.0
+    progress.epoch("a", {"epoch": 4, "wall_s": 100.0})
+    assert " 6 of 12 epochs" in progress.summary()
+    # Only the epoch trained in this command sets the pace: 6 epochs left at 100 s each.
+    assert progress.summary().endswith("ETA 10:00")
+
+
 def test_progress_shows_the_estimate_until_training_is_measured(monkeypatch):
     clock_now = [100.0]
     monkeypatch.setattr(time, "monotonic", lambda: clock_now[0])
