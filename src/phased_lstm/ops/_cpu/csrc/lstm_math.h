@@ -262,15 +262,23 @@ inline void update_one(const T* pre, const T* w_ch, int64_t H, int64_t j, T k, T
   }
 }
 
-// The four rows (i, f, g, o) of neuron j of a (4H, n) row-major matrix `w` dotted with the
-// vector `v` of length n (W_hh and h, or W_ih and x).
+// Where the four rows (i, f, g, o) of neuron j start in a (4H, n) row-major matrix `w`.
+template <typename T>
+inline void neuron_rows(const T* w, int64_t H, int64_t n, int64_t j, const T* rows[4]) {
+  for (int64_t q = 0; q < 4; ++q) rows[q] = w + (q * H + j) * n;
+}
+
+// The four rows of neuron j of a (4H, n) row-major matrix `w` dotted with the vector `v` of
+// length n (W_hh and h, or W_ih and x).
 template <typename T>
 inline void dot4(const T* __restrict__ w, int64_t H, int64_t n, int64_t j,
                  const T* __restrict__ v, T* __restrict__ out) {
-  const T* __restrict__ w0 = w + j * n;
-  const T* __restrict__ w1 = w + (H + j) * n;
-  const T* __restrict__ w2 = w + (2 * H + j) * n;
-  const T* __restrict__ w3 = w + (3 * H + j) * n;
+  const T* rows[4];
+  neuron_rows(w, H, n, j, rows);
+  const T* __restrict__ w0 = rows[0];
+  const T* __restrict__ w1 = rows[1];
+  const T* __restrict__ w2 = rows[2];
+  const T* __restrict__ w3 = rows[3];
   T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
 #pragma omp simd reduction(+ : a0, a1, a2, a3)
   for (int64_t m = 0; m < n; ++m) {
@@ -331,7 +339,8 @@ inline void dot4_avx2(const float* const* rows, int64_t n, const float* __restri
 template <>
 inline void dot4<float>(const float* __restrict__ w, int64_t H, int64_t n, int64_t j,
                         const float* __restrict__ v, float* __restrict__ out) {
-  const float* rows[4] = {w + j * n, w + (H + j) * n, w + (2 * H + j) * n, w + (3 * H + j) * n};
+  const float* rows[4];
+  neuron_rows(w, H, n, j, rows);
   dot4_avx2(rows, n, v, out, nullptr);
 }
 #endif
@@ -344,9 +353,11 @@ template <typename T>
 inline void dot4_fetching(const T* w, int64_t H, int64_t n, int64_t j, int64_t ahead, const T* v,
                           T* out) {
   dot4(w, H, n, j, v, out);
+  const T* next[4];
+  neuron_rows(w, H, n, ahead, next);
   constexpr int64_t kLine = 64 / sizeof(T);
   for (int64_t q = 0; q < 4; ++q) {
-    for (int64_t m = 0; m < n; m += kLine) __builtin_prefetch(w + (q * H + ahead) * n + m, 0, 3);
+    for (int64_t m = 0; m < n; m += kLine) __builtin_prefetch(next[q] + m, 0, 3);
   }
 }
 
@@ -354,9 +365,10 @@ inline void dot4_fetching(const T* w, int64_t H, int64_t n, int64_t j, int64_t a
 template <>
 inline void dot4_fetching<float>(const float* w, int64_t H, int64_t n, int64_t j, int64_t ahead,
                                  const float* v, float* out) {
-  const float* rows[4] = {w + j * n, w + (H + j) * n, w + (2 * H + j) * n, w + (3 * H + j) * n};
-  const float* next[4] = {w + ahead * n, w + (H + ahead) * n, w + (2 * H + ahead) * n,
-                          w + (3 * H + ahead) * n};
+  const float* rows[4];
+  const float* next[4];
+  neuron_rows(w, H, n, j, rows);
+  neuron_rows(w, H, n, ahead, next);
   dot4_avx2(rows, n, v, out, next);
 }
 #endif
