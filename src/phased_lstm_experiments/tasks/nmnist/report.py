@@ -26,6 +26,7 @@ from ...tables import (
     model_title,
     plot_band,
 )
+from .convergence import convergence_target_lines, plateau_lines
 
 # Table 1 of the paper, on the real N-MNIST (recalled, docs/paper.md): (mean, std) per row and
 # model. The paper has no plain LSTM column; its BN-LSTM is our bnlstm-input.
@@ -91,45 +92,6 @@ def table1_rows(config, results) -> list[tuple[str, dict[str, list[float]], str,
             0,
         ),
     ]
-
-
-def _digits_to_reach(record: dict, samples: int, share: float = 0.9) -> float:
-    """Training digits seen until the validation accuracy first reached ``share`` of its
-    best."""
-    curve = [row["val_acc"] for row in record["history"] if "val_acc" in row]
-    if not curve:
-        return math.nan
-    target = share * max(curve)
-    return float(samples * next(i + 1 for i, v in enumerate(curve) if v >= target))
-
-
-def _plateau_lines(config, results) -> list[str]:
-    """For runs that validated: when each model reached its plateau, and how fast."""
-    records = [r for r in results["runs"].values() if "best_epoch" in r]
-    if not records:
-        return []
-    lines = [
-        "",
-        "Each run's plateau (mean ± std over seeds): the epoch of its best validation accuracy, "
-        "whose weights were tested above, the epochs it trained, and the training digits it "
-        "saw until its validation accuracy first reached 90% of its best:",
-        "",
-        "| model | best validation accuracy (%) | best epoch | epochs trained | digits seen to "
-        "90% of the best |",
-        "|---|---|---|---|---|",
-    ]
-    for model in config.models:
-        runs = [r for r in records if r["model"] == model]
-        if not runs:
-            continue
-        best = [r["final"].get("val_acc", math.nan) for r in runs]
-        lines.append(
-            f"| {model_title(model)} | {cell(best, scale=100.0)} | "
-            f"{cell([r['best_epoch'] for r in runs], digits=1)} | "
-            f"{cell([r['epochs'] for r in runs], digits=1)} | "
-            f"{cell([_digits_to_reach(r, config.samples_per_epoch) for r in runs], digits=0)} |"
-        )
-    return lines
 
 
 def _paper_cell(row: str, model: str, digits: int) -> str:
@@ -227,7 +189,8 @@ def _target_lines(config, results) -> list[str]:
         "Targets (the means over seeds):",
         "",
         f"- the Phased LSTM ahead of the LSTM and BN-LSTM after epoch 1: {ahead(first)}",
-        f"- ... and after the last epoch: {ahead(final)}",
+        f"- ... and at the end (the weights tested): {ahead(final)}",
+        *convergence_target_lines(config, results),
     ]
     if "plstm" in updates and "lstm" in updates:
         ratio = updates["lstm"] / updates["plstm"]
@@ -422,7 +385,7 @@ def tables(task, config, results) -> list[str]:
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
         paper = [_paper_cell(paper_key, m, digits) for m in columns]
         lines.append("| paper, on N-MNIST | " + " | ".join(paper) + " |")
-    lines += _plateau_lines(config, results)
+    lines += plateau_lines(config, results)
     lines += _rate_loss_lines(config, results)
     lines += _inference_lines(results)
     lines += _target_lines(config, results)
