@@ -546,3 +546,20 @@ def test_convergence_targets_against_hand_built_runs():
     assert "digits seen (means over seeds, a stopped run at its best): met (at each of the 3" in (
         lines
     )
+
+
+def test_every_validated_run_has_its_own_row():
+    """The per-seed table under the means: each run's tests, its first epoch, its best."""
+    first = _validated_run("plstm", [0.5, 0.8], 2, 0.93)
+    first.update(seed=1, first={"test_acc": 0.612})
+    first["final"].update(test_rate40_acc=0.9, updates_per_neuron=170.4)
+    second = _validated_run("lstm", [0.3], 1, 0.5)
+    second["seed"] = 2
+    results = {"runs": {"b": second, "a": first}}
+    config = dataclasses.replace(preset_config("nmnist", "long"), models=["plstm", "lstm"])
+    lines = convergence.per_run_lines(config, results)
+    rows = [line for line in lines if line.startswith("| Phased LSTM") or line.startswith("| LSTM")]
+    assert rows == [
+        "| Phased LSTM | 1 | — | 90.0 | 93.0 | — | 61.2 | 80.0 | 2 | 2 | 170 |",
+        "| LSTM | 2 | — | — | 50.0 | — | — | 30.0 | 1 | 1 | — |",
+    ]

@@ -69,6 +69,53 @@ def plateau_lines(config, results) -> list[str]:
     return lines
 
 
+_RUN_COLUMNS = (
+    ("test_rate20_acc", "rho 0.2"),
+    ("test_rate40_acc", "rho 0.4"),
+    ("test_acc", "rho 0.75"),
+    ("test_rate100_acc", "rho 1.0"),
+)
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None or not math.isfinite(value) else f"{100 * value:.1f}"
+
+
+def per_run_lines(config, results) -> list[str]:
+    """Every run that validated on its own line: the seeds behind the means above."""
+    records = sorted(
+        _validated(results),
+        key=lambda r: (config.models.index(r["model"]) if r["model"] in config.models else 99,
+                       r.get("seed", 0)),
+    )  # fmt: skip
+    if not records:
+        return []
+    tests = " | ".join(f"test, {title} (%)" for _, title in _RUN_COLUMNS)
+    lines = [
+        "",
+        "Every run (the means above are over these): test accuracy of the best validation "
+        "epoch's weights, of those after epoch 1, the best validation accuracy, the epochs, "
+        "and the state updates per neuron per digit (rho = 0.75):",
+        "",
+        f"| model | seed | {tests} | test after epoch 1 (%) | best validation (%) | best epoch "
+        "| epochs trained | updates per neuron |",
+        "|---|---|" + "---|" * (len(_RUN_COLUMNS) + 5),
+    ]
+    for record in records:
+        final = record["final"]
+        first = record.get("first", {})
+        updates = final.get("updates_per_neuron")
+        cells = [_percent(final.get(metric)) for metric, _ in _RUN_COLUMNS]
+        lines.append(
+            f"| {model_title(record['model'])} | {record.get('seed', '—')} | "
+            + " | ".join(cells)
+            + f" | {_percent(first.get('test_acc'))} | {_percent(final.get('val_acc'))} | "
+            f"{record['best_epoch']} | {record['epochs']} | "
+            f"{'—' if updates is None else f'{updates:.0f}'} |"
+        )
+    return lines
+
+
 def validation_curve(results: dict, model: str) -> list[float]:
     """``model``'s validation accuracy after each epoch, the mean over its runs, each run held
     at its best after it stopped (the weights it keeps), up to the longest run's end."""
@@ -154,6 +201,7 @@ __all__ = [
     "TARGET_ACCURACY",
     "convergence_target_lines",
     "digits_to_reach",
+    "per_run_lines",
     "plateau_lines",
     "validation_curve",
 ]

@@ -26,7 +26,7 @@ from ...tables import (
     model_title,
     plot_band,
 )
-from .convergence import convergence_target_lines, plateau_lines
+from .convergence import convergence_target_lines, per_run_lines, plateau_lines
 
 # Table 1 of the paper, on the real N-MNIST (recalled, docs/paper.md): (mean, std) per row and
 # model. The paper has no plain LSTM column; its BN-LSTM is our bnlstm-input.
@@ -386,6 +386,7 @@ def tables(task, config, results) -> list[str]:
         paper = [_paper_cell(paper_key, m, digits) for m in columns]
         lines.append("| paper, on N-MNIST | " + " | ".join(paper) + " |")
     lines += plateau_lines(config, results)
+    lines += per_run_lines(config, results)
     lines += _rate_loss_lines(config, results)
     lines += _inference_lines(results)
     lines += _target_lines(config, results)
