@@ -27,6 +27,7 @@ from ...tables import (
     plot_band,
 )
 from .convergence import convergence_target_lines, per_run_lines, plateau_lines
+from .data import SHIFT_TESTS, TRAINING_RATES
 
 # Table 1 of the paper, on the real N-MNIST (recalled, docs/paper.md): (mean, std) per row and
 # model. The paper has no plain LSTM column; its BN-LSTM is our bnlstm-input.
@@ -231,11 +232,10 @@ def _target_lines(config, results) -> list[str]:
     return lines
 
 
-_TEST_SETS = (
-    ("test_rate20_acc", "tested at rho = 0.2"),
-    ("test_rate40_acc", "tested at rho = 0.4"),
-    ("test_acc", "tested at rho = 0.75 (the training rate)"),
-    ("test_rate100_acc", "tested at rho = 1.0"),
+# The learning curves' panels: every test set of the rate-shift matrix, the training rate's marked.
+_TEST_SETS = tuple(
+    (metric, f"tested at {title}" + (" (the training rate)" if key in TRAINING_RATES else ""))
+    for key, (title, metric) in SHIFT_TESTS.items()
 )
 
 
