@@ -341,15 +341,17 @@ def _print_estimate(config: ExperimentConfig, left: dict, results: dict):
 
 
 def _sweep_seconds(config: ExperimentConfig, results: dict, estimate) -> float:
-    """The learning-rate sweep's wall time, not yet recorded in ``results``: its runs'
-    epochs cost what the estimate measured for the same model and condition."""
+    """The learning-rate sweep's wall time for the models ``results`` records no rate for:
+    its runs' epochs cost what the estimate measured for the same model and condition."""
     from .estimate import schedule_seconds
 
-    if not config.lr_sweep or "learning_rates" in results:
+    swept = results.get("learning_rates", {})
+    models = [model for model in config.models if model not in swept]
+    if not config.lr_sweep or not models:
         return 0.0
     epoch = {run[:2]: seconds for run, seconds in estimate.epoch_seconds.items()}
     durations = sorted(
-        (config.sweep_epochs * epoch[(m, c)] for m in config.models for c in config.conditions
+        (config.sweep_epochs * epoch[(m, c)] for m in models for c in config.conditions
          if (m, c) in epoch),
         reverse=True,
     )  # fmt: skip

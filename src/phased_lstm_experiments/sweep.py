@@ -75,21 +75,28 @@ def sweep_learning_rates(
     run: Callable[..., dict],
 ) -> ExperimentConfig:
     """``config`` with each model's swept rate in ``learning_rates``: read from ``results``
-    when an earlier command chose them, else found by running (``run``: the runner's
-    ``run_experiment``) each rate's experiment not yet finished, and recorded in ``results``."""
-    chosen = results.get("learning_rates", {})
-    if not all(model in chosen for model in config.models):
+    when an earlier command chose it, else found by running (``run``: the runner's
+    ``run_experiment``) each rate's experiment for the models without one, and recorded in
+    ``results`` beside the rates chosen before."""
+    chosen = dict(results.get("learning_rates", {}))
+    missing = [model for model in config.models if model not in chosen]
+    if missing:
+        # Only the models no earlier command swept (a model added to a folder with --resume);
+        # the rates and scores recorded for the others stay as they were.
+        unswept = dataclasses.replace(config, models=missing)
         swept = {}
         for rate in config.lr_sweep:
             folder = sweep_folder(out, rate)
             again = resume and (folder / "config.json").exists()
-            swept[rate] = run(sweep_config(config, rate), folder, resume=again)
-        chosen, scores = choose_rates(config, swept)
+            swept[rate] = run(sweep_config(unswept, rate), folder, resume=again)
+        new, scores = choose_rates(unswept, swept)
+        chosen.update(new)
         results["learning_rates"] = chosen
+        recorded = results.get("sweep", {}).get("scores", {})
         results["sweep"] = {
             "epochs": config.sweep_epochs,
             "seed": config.seeds[0],
-            "scores": scores,
+            "scores": {**recorded, **scores},
         }
     return dataclasses.replace(config, learning_rates={m: chosen[m] for m in config.models})
 

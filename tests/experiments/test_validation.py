@@ -14,6 +14,7 @@ pytest.importorskip("lightning")
 from phased_lstm_experiments.config import (  # noqa: E402
     ExperimentConfig,
     protocol_of,
+    run_name,
 )
 from phased_lstm_experiments.files import ExperimentError  # noqa: E402
 from phased_lstm_experiments.resume import check_checkpoints  # noqa: E402
@@ -199,6 +200,37 @@ def test_a_recorded_sweep_is_not_run_again(tmp_path):
 
     swept = sweep_learning_rates(config, tmp_path, results, True, run)
     assert swept.learning_rates == {"plstm": 3e-3} and swept.learning_rate_for("plstm") == 3e-3
+
+
+def test_a_model_added_to_a_swept_folder_is_swept_alone_and_kept_beside_the_others(tmp_path):
+    config = preset_config("freq", "quick")
+    config.models, config.lr_sweep, config.sweep_epochs = ["plstm", "lstm"], [1e-3, 3e-3], 1
+    lstm_scores = {"0.001": 0.7, "0.003": 0.6}
+    results = {
+        "runs": {},
+        "learning_rates": {"lstm": 1e-3},
+        "sweep": {"epochs": 1, "seed": 1, "scores": {"lstm": lstm_scores}},
+    }
+    calls = []
+
+    def run(swept, folder, resume):
+        calls.append((swept.models, swept.learning_rate, folder.name))
+        score = {1e-3: 0.55, 3e-3: 0.8}[swept.learning_rate]
+        return {
+            "runs": {
+                run_name("plstm", condition, swept.seeds[0]): {"history": [{"val_acc": score}]}
+                for condition in swept.conditions
+            }
+        }
+
+    swept = sweep_learning_rates(config, tmp_path, results, True, run)
+    assert calls == [(["plstm"], 1e-3, "lr-0.001"), (["plstm"], 3e-3, "lr-0.003")]
+    assert swept.learning_rates == {"plstm": 3e-3, "lstm": 1e-3}
+    assert results["learning_rates"] == {"lstm": 1e-3, "plstm": 3e-3}
+    assert results["sweep"]["scores"] == {
+        "lstm": lstm_scores,
+        "plstm": {"0.001": pytest.approx(0.55), "0.003": pytest.approx(0.8)},
+    }
 
 
 @pytest.mark.slow
