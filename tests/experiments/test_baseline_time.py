@@ -171,3 +171,28 @@ def test_baseline_time_errors_name_the_option(tmp_path, capsys):
     assert "argument --readout: expected one of paper, own, linear; got 'softmax'" in (
         capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize(
+    ("preset", "says", "never"),
+    [
+        ("baselines", "reads the gap since the sample before", "reads the raw timestamp"),
+        ("paper", "reads the raw timestamp (up to 125 ms)", "reads the gap"),
+    ],
+)
+def test_the_lstm_note_names_the_time_it_read(preset, says, never):
+    config = replace(preset_config("freq", preset), models=["lstm"], conditions=["standard"])
+    runs = {
+        f"lstm-standard-seed{seed}": {
+            "model": "lstm",
+            "condition": "standard",
+            "seed": seed,
+            "epochs": 70,
+            "final": {"epoch": 70, "test_acc": accuracy},
+            "history": [{"epoch": 70, "test_acc": accuracy}],
+        }
+        for seed, accuracy in ((1, 0.478), (2, 0.992))
+    }
+    table = "\n".join(FREQ.tables(config, {"runs": runs}))
+    row = next(line for line in table.splitlines() if line.startswith("| standard"))
+    assert says in row and never not in row
