@@ -344,9 +344,9 @@ def _sweep_seconds(config: ExperimentConfig, results: dict, estimate) -> float:
     """The learning-rate sweep's wall time for the models ``results`` records no rate for:
     its runs' epochs cost what the estimate measured for the same model and condition."""
     from .estimate import schedule_seconds
+    from .sweep import unswept_models
 
-    swept = results.get("learning_rates", {})
-    models = [model for model in config.models if model not in swept]
+    models = unswept_models(config, results)
     if not config.lr_sweep or not models:
         return 0.0
     epoch = {run[:2]: seconds for run, seconds in estimate.epoch_seconds.items()}

@@ -67,6 +67,12 @@ def choose_rates(
     return chosen, scores
 
 
+def unswept_models(config: ExperimentConfig, results: dict) -> list[str]:
+    """The models of ``config`` for which ``results`` records no swept rate yet."""
+    chosen = results.get("learning_rates", {})
+    return [model for model in config.models if model not in chosen]
+
+
 def sweep_learning_rates(
     config: ExperimentConfig,
     out: Path,
@@ -79,7 +85,7 @@ def sweep_learning_rates(
     ``run_experiment``) each rate's experiment for the models without one, and recorded in
     ``results`` beside the rates chosen before."""
     chosen = dict(results.get("learning_rates", {}))
-    missing = [model for model in config.models if model not in chosen]
+    missing = unswept_models(config, results)
     if missing:
         # Only the models no earlier command swept (a model added to a folder with --resume);
         # the rates and scores recorded for the others stay as they were.
@@ -106,5 +112,6 @@ __all__ = [
     "sweep_config",
     "sweep_folder",
     "sweep_learning_rates",
+    "unswept_models",
     "validation_score",
 ]

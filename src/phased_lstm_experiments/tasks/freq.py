@@ -34,19 +34,6 @@ PAPER_FREQ = {
     "async": {"plstm": (98.1, 97.9), "bnlstm-input": (65.4, 74.3), "lstm": (63.1, 69.0)},
 }
 
-# Why our LSTM can fall far below the paper's, shown next to its number in results.md, by
-# the time it reads (--baseline-time).
-_LSTM_NOTE = {
-    "raw": "our LSTM reads the raw timestamp (up to 125 ms) beside the value, as the authors' "
-    "did; such inputs saturate its gates and a seed can stay at the majority class (51.8%): see "
-    "docs/reproduction.md",
-    "scaled": "our LSTM reads the timestamp / 125 ms beside the value, not the raw timestamp; "
-    "a seed that stays near chance (~50%) never left the majority class: see "
-    "docs/reproduction.md",
-    "gap": "our LSTM reads the gap since the sample before beside the value, not the raw "
-    "timestamp; a seed that stays near chance (~50%) never left the majority class: see "
-    "docs/reproduction.md",
-}
 # A baseline this many points below the paper's number gets the note.
 _NOTE_GAP = 5.0
 
@@ -63,6 +50,19 @@ _BASELINE_TIME_TEXT = {
     f"integrating over the gaps / {TIME_SPAN_MS:g} ms, 0 at the first sample",
     "gap": "[value, ms since the sample before (0 at the first)] (`--baseline-time gap`); CfC: "
     "the value, integrating over the gaps in ms, 0 at the first sample",
+}
+# Why our LSTM can fall far below the paper's, shown next to its number in results.md, by
+# the time it reads (--baseline-time).
+_USER_TIME_NOTE = (
+    "our LSTM reads {} beside the value, not the raw timestamp; a seed that stays near chance "
+    "(~50%) never left the majority class: see docs/reproduction.md"
+)
+_LSTM_NOTE = {
+    "raw": "our LSTM reads the raw timestamp (up to 125 ms) beside the value, as the authors' "
+    "did; such inputs saturate its gates and a seed can stay at the majority class (51.8%): see "
+    "docs/reproduction.md",
+    "scaled": _USER_TIME_NOTE.format(f"the timestamp / {TIME_SPAN_MS:g} ms"),
+    "gap": _USER_TIME_NOTE.format("the gap since the sample before"),
 }
 
 
