@@ -54,8 +54,9 @@ _BASELINE_TIME_TEXT = {
 # Why our LSTM can fall far below the paper's, shown next to its number in results.md, by
 # the time it reads (--baseline-time).
 _USER_TIME_NOTE = (
-    "our LSTM reads {} beside the value, not the raw timestamp; a seed that stays near chance "
-    "(~50%) never left the majority class: see docs/reproduction.md"
+    "our LSTM reads {} beside the value, not the raw timestamp; a seed near chance (~50%) "
+    "ended at the majority class, where training can fall back to from ~99%: see "
+    "docs/reproduction.md"
 )
 _LSTM_NOTE = {
     "raw": "our LSTM reads the raw timestamp (up to 125 ms) beside the value, as the authors' "
