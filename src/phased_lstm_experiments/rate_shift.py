@@ -155,7 +155,8 @@ def shift_table(task: Task, tests: dict[str, str], rows: list[ShiftRow]) -> list
 
 def shift_figure(task: Task, tests: dict[str, str], rows: list[ShiftRow]):
     """Test accuracy against the test condition, one line per training setting (colour: model;
-    marker: training condition; dashed: rate augmentation), error bars over seeds."""
+    marker: training condition; dashed: rate augmentation), error bars of ± one standard deviation
+    over seeds, cut at 0 and 100 % (an accuracy has no other values)."""
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -167,7 +168,7 @@ def shift_figure(task: Task, tests: dict[str, str], rows: list[ShiftRow]):
         axis.errorbar(
             x,
             [m for m, _ in stats],
-            yerr=[s for _, s in stats],
+            yerr=[[min(s, m) for m, s in stats], [min(s, 100 - m) for m, s in stats]],
             color=COLORS.get(row.model),
             marker=_MARKERS[conditions.index(row.condition) % len(_MARKERS)],
             linestyle="--" if row.augment is not None else "-",

@@ -104,6 +104,31 @@ def test_freq_matrix_from_hand_made_records():
     assert shift_summary(FREQ, config, freq_results())["rows"][0]["rate_augment"] is None
 
 
+def test_figure_error_bars_stay_within_0_and_100_percent():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from phased_lstm_experiments.rate_shift import shift_figure
+
+    # Seeds at 99.9% and 60%: mean 79.95, std 28.2, so mean + std would draw above 100%.
+    runs = [
+        freq_record("plstm", "standard", 1, 0.999, highres=0.5, **{"async": 0.05}),
+        freq_record("plstm", "standard", 2, 0.6, highres=0.5, **{"async": 0.45}),
+    ]
+    results = {"runs": {f"run{index}": run for index, run in enumerate(runs)}}
+    config = preset_config("freq", "rates")
+    summary = shift_summary(FREQ, config, results)
+    figure = shift_figure(FREQ, summary["tests"], shift_rows(FREQ, config, results))
+    (container,) = figure.axes[0].containers
+    (bars,) = container.lines[2]
+    ends = [y for segment in bars.get_segments() for _, y in segment]
+    spread = statistics.stdev([99.9, 60.0])
+    assert max(ends) == pytest.approx(100.0)
+    assert min(ends) == pytest.approx(0.0)  # async: mean 25, std 28.3, cut at 0
+    assert sorted(ends)[1:3] == pytest.approx([50.0, 50.0])  # high resolution: no spread
+    assert any(y == pytest.approx(79.95 - spread) for y in ends)  # standard's lower end is not cut
+
+
 def test_nmnist_matrix_reads_the_four_test_rates():
     final = {"test_acc": 0.9, "test_rate20_acc": 0.5, "test_rate40_acc": 0.8}
     final["test_rate100_acc"] = 0.85
