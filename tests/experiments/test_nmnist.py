@@ -488,6 +488,20 @@ def test_rate_targets_count_a_gain_as_less_loss_than_a_drop():
     assert f"measured on {config.test_samples} test digits" in lines
 
 
+def test_rate_losses_name_what_the_model_was_trained_on():
+    final = {"test_acc": 0.80, "test_rate40_acc": 0.77, "test_rate100_acc": 0.82}
+    run = {"model": "plstm", "condition": "rate75", "final": final}
+    results = {"runs": {"a": run}}
+    config = preset_config("nmnist", "quick")
+    config.models = ["plstm"]
+    lines = nmnist.report._rate_loss_lines(config, results)
+    assert "differs from the training rate (0.75), ours" in lines[1]
+    assert lines[-1].startswith("| Phased LSTM | 3.00 (1 seed) | 2.17 | -2.00 (1 seed) |")
+    config.options["rate_augment"] = [0.2, 1.0]
+    lines = nmnist.report._rate_loss_lines(config, results)
+    assert "differs from rho = 0.75 (trained at shares in [0.2, 1]), ours" in lines[1]
+
+
 def _validated_run(model, val, best_epoch, test_acc, train=None):
     """A run record that validated: its validation curve, the best epoch's weights tested."""
     history = [{"epoch": i + 1, "val_acc": v} for i, v in enumerate(val)]

@@ -120,9 +120,14 @@ def _rate_loss_lines(config, results) -> list[str]:
     lost = {"0.4": _loss(results, "test_rate40_acc"), "1.0": _loss(results, "test_rate100_acc")}
     if not any(lost.values()):
         return []
+    # Under --rate-augment the training digits had no one rate: the losses are still from 0.75.
+    if augment_of(config) is None:
+        reference = "the training rate (0.75)"
+    else:
+        reference = f"rho = 0.75 (trained at {augment_text(augment_of(config))})"
     lines = [
         "",
-        "Accuracy lost (points) when the test rate differs from the training rate (0.75), "
+        f"Accuracy lost (points) when the test rate differs from {reference}, "
         "ours and the paper's:",
         "",
         "| model | tested at 0.4 | paper | tested at 1.0 | paper |",
