@@ -181,7 +181,16 @@ def test_signal_mid_run_then_resume_continues_from_the_last_epoch(tmp_path, jobs
     args += ["--jobs", jobs, "--no-progress-bar", "--out", str(out)]
     command = [sys.executable, "-m", "phased_lstm_experiments.cli", "reproduce", *args]
     # A process group of its own, to find every process it started.
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # SIGINT at its default, as under a terminal: a test run started as a background job (`cmd &`
+    # in a script) ignores SIGINT, its children inherit that, and the command then rightly
+    # ignores Ctrl-C (nothing to test).
+    process = subprocess.Popen(
+        command,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     checkpoint = out / "runs" / "lstm-standard-seed1" / "checkpoints" / "last.ckpt"
     try:
         deadline = time.monotonic() + 240
