@@ -121,10 +121,11 @@ def _rate_loss_lines(config, results) -> list[str]:
     if not any(lost.values()):
         return []
     # Under --rate-augment the training digits had no one rate: the losses are still from 0.75.
-    if augment_of(config) is None:
+    augment = augment_of(config)
+    if augment is None:
         reference = "the training rate (0.75)"
     else:
-        reference = f"rho = 0.75 (trained at {augment_text(augment_of(config))})"
+        reference = f"rho = 0.75 (trained at {augment_text(augment)})"
     lines = [
         "",
         f"Accuracy lost (points) when the test rate differs from {reference}, "
