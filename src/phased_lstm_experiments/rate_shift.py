@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .tables import COLORS, cell, mean_std, model_title
+from .tables import COLORS, accuracy_spread, cell, mean_std, model_title
 
 if TYPE_CHECKING:
     from .config import ExperimentConfig
@@ -168,7 +168,7 @@ def shift_figure(task: Task, tests: dict[str, str], rows: list[ShiftRow]):
         axis.errorbar(
             x,
             [m for m, _ in stats],
-            yerr=[[min(s, m) for m, s in stats], [min(s, 100 - m) for m, s in stats]],
+            yerr=accuracy_spread(stats),
             color=COLORS.get(row.model),
             marker=_MARKERS[conditions.index(row.condition) % len(_MARKERS)],
             linestyle="--" if row.augment is not None else "-",

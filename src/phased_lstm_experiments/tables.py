@@ -94,6 +94,12 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def accuracy_spread(stats: list[tuple[float, float]]) -> list[list[float]]:
+    """Error bars of ± one standard deviation around each ``(mean, std)`` accuracy in %, cut
+    at 0 and 100 (an accuracy has no other values): ``yerr`` for matplotlib, below and above."""
+    return [[min(s, m) for m, s in stats], [min(s, 100 - m) for m, s in stats]]
+
+
 def cell(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
     """``mean ± std (k seeds)``, or "not run"."""
     if not values:
@@ -248,7 +254,7 @@ def accuracy_bars(
             x,
             [m for m, _ in stats],
             width,
-            yerr=[s for _, s in stats],
+            yerr=accuracy_spread(stats),
             capsize=3,
             color=COLORS.get(model),
             label=model_title(model),
@@ -311,6 +317,7 @@ __all__ = [
     "COLORS",
     "MODEL_TITLES",
     "accuracy_bars",
+    "accuracy_spread",
     "accuracy_table",
     "cell",
     "epochs_text",

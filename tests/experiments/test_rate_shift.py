@@ -129,6 +129,27 @@ def test_figure_error_bars_stay_within_0_and_100_percent():
     assert any(y == pytest.approx(79.95 - spread) for y in ends)  # standard's lower end is not cut
 
 
+def test_accuracy_bars_error_bars_stay_within_0_and_100_percent():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.container import ErrorbarContainer
+
+    from phased_lstm_experiments.tables import accuracy_bars
+
+    runs = [freq_record("plstm", "standard", 1, 0.999), freq_record("plstm", "standard", 2, 0.6)]
+    for run in runs:
+        run["epochs"] = 10
+    results = {"runs": {f"run{index}": run for index, run in enumerate(runs)}}
+    config = preset_config("freq", "rates")
+    config.models, config.conditions = ["plstm"], ["standard"]
+    figure = accuracy_bars(FREQ, config, results)
+    (errorbar,) = [c for c in figure.axes[0].containers if isinstance(c, ErrorbarContainer)]
+    (bars,) = errorbar.lines[2]
+    ends = sorted(y for segment in bars.get_segments() for _, y in segment)
+    assert ends == pytest.approx([79.95 - statistics.stdev([99.9, 60.0]), 100.0])
+
+
 def test_nmnist_matrix_reads_the_four_test_rates():
     final = {"test_acc": 0.9, "test_rate20_acc": 0.5, "test_rate40_acc": 0.8}
     final["test_rate100_acc"] = 0.85
